@@ -1,0 +1,68 @@
+"""Configuration, read once from the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS = PROJECT_ROOT / "migrations"
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None
+    redis_url: str | None
+    host: str
+    port: int
+    workers: int
+    log_level: str
+    sql_echo: bool
+    db_pool_size: int
+    db_max_overflow: int
+    data_dir: Path
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        return cls(
+            database_url=env.get("DATABASE_URL") or None,
+            redis_url=env.get("REDIS_URL") or None,
+            host=env.get("HOST", "127.0.0.1"),
+            port=_int(env, "PORT", 8002),
+            workers=_int(env, "WORKERS", 1),
+            log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            sql_echo=_bool(env, "SQL_ECHO", False),
+            db_pool_size=_int(env, "DB_POOL_SIZE", 20),
+            db_max_overflow=_int(env, "DB_MAX_OVERFLOW", 40),
+            data_dir=Path(env.get("DATA_DIR", str(PROJECT_ROOT / ".data"))),
+        )
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative")
+    return value
+
+
+def _bool(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, not {raw!r}")

@@ -1,0 +1,39 @@
+"""A gap-free, concurrent, append-only event log on PostgreSQL. Knows nothing of positions."""
+
+from .checkpoints import load_checkpoint, reset_checkpoint, save_checkpoint
+from .codec import init_connection
+from .errors import (
+    CheckpointConflict,
+    DuplicateEventIds,
+    EventStoreError,
+    MigrationError,
+    UnknownPosition,
+    WrongExpectedVersion,
+)
+from .events import START, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamAppend
+from .migrations import migrate
+from .store import EventStore, InlineProjector
+from .upcasting import Upcasters
+
+__all__ = [
+    "START",
+    "CheckpointConflict",
+    "DuplicateEventIds",
+    "EventStore",
+    "EventStoreError",
+    "ExpectedVersion",
+    "InlineProjector",
+    "MigrationError",
+    "NewEvent",
+    "Position",
+    "RecordedEvent",
+    "StreamAppend",
+    "UnknownPosition",
+    "Upcasters",
+    "WrongExpectedVersion",
+    "init_connection",
+    "load_checkpoint",
+    "migrate",
+    "reset_checkpoint",
+    "save_checkpoint",
+]

@@ -1,0 +1,46 @@
+"""Typed failures of the event store, so callers can map them without parsing messages."""
+
+from __future__ import annotations
+
+
+class EventStoreError(Exception):
+    """Base of every error the store raises on purpose."""
+
+
+class WrongExpectedVersion(EventStoreError):
+    """A stream was not at the version the writer expected: someone else appended first."""
+
+    def __init__(self, stream_id: str, expected: int | None, actual: int) -> None:
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"stream {stream_id!r} is at version {actual}, expected {expected}"
+        )
+
+
+class DuplicateEventIds(EventStoreError):
+    """Some, but not all, of an append's event ids are already stored: not a plain retry."""
+
+
+class UnknownPosition(EventStoreError):
+    """A log position that names no stored event."""
+
+    def __init__(self, global_position: int) -> None:
+        self.global_position = global_position
+        super().__init__(f"no event at log position {global_position}")
+
+
+class CheckpointConflict(EventStoreError):
+    """A checkpoint moved under a consumer: another runner of the same consumer is active."""
+
+    def __init__(self, subscriber: str) -> None:
+        self.subscriber = subscriber
+        super().__init__(
+            f"checkpoint of {subscriber!r} was moved by someone else: "
+            "is a second runner of this consumer active?"
+        )
+
+
+class MigrationError(Exception):
+    """The database schema and the migration files disagree; the service must not start."""

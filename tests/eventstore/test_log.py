@@ -1,0 +1,112 @@
+"""Reading the whole log: order, filters, the snapshot barrier, and no global append lock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from eventstore import START, EventStore, Position, UnknownPosition
+
+from .factories import new_event, new_stream
+
+
+async def read_everything(store: EventStore, after: Position = START, **filters) -> list:
+    return [e async for batch in store.read_all(after, **filters) for e in batch]
+
+
+async def test_read_all_returns_the_log_in_order_in_batches(store: EventStore) -> None:
+    for n in range(7):
+        await store.append(new_stream(), [new_event(n=n)])
+
+    batches = [b async for b in store.read_all(batch_size=3)]
+
+    assert [len(b) for b in batches] == [3, 3, 1]
+    assert [e.data["n"] for b in batches for e in b] == list(range(7))
+
+
+async def test_read_all_resumes_after_a_position(store: EventStore) -> None:
+    for n in range(5):
+        await store.append(new_stream(), [new_event(n=n)])
+    third = (await read_everything(store))[2]
+
+    rest = await read_everything(store, third.position)
+
+    assert [e.data["n"] for e in rest] == [3, 4]
+    assert await store.position_of(third.global_position) == third.position
+
+
+async def test_read_all_filters_by_category_and_event_type(store: EventStore) -> None:
+    await store.append(new_stream("position"), [new_event("Opened"), new_event("Marked")])
+    await store.append(new_stream("market"), [new_event("PricesUpdated")])
+    await store.append(new_stream("position"), [new_event("Closed")])
+
+    positions = await read_everything(store, categories=["position"])
+    marks_and_prices = await read_everything(store, event_types=["Marked", "PricesUpdated"])
+    both = await read_everything(store, categories=["position"], event_types=["Closed"])
+
+    assert [e.event_type for e in positions] == ["Opened", "Marked", "Closed"]
+    assert [e.event_type for e in marks_and_prices] == ["Marked", "PricesUpdated"]
+    assert [e.event_type for e in both] == ["Closed"]
+
+
+async def test_unknown_positions_are_refused(store: EventStore) -> None:
+    assert await store.position_of(0) == START
+    with pytest.raises(UnknownPosition):
+        await store.position_of(12345)
+
+
+async def test_head_is_the_last_final_position(store: EventStore) -> None:
+    assert await store.head() == START
+    await store.append(new_stream(), [new_event()])
+    last = await store.append(new_stream(), [new_event()])
+    assert await store.head() == last[0].position
+
+
+class Held:
+    """An inline projector that keeps chosen appends' transactions open until released."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.fail = False
+
+    async def __call__(self, connection: asyncpg.Connection, events) -> None:
+        if events[0].data.get("hold"):
+            self.entered.set()
+            await self.release.wait()
+            if self.fail:
+                raise RuntimeError("rolled back on purpose")
+
+
+@pytest.mark.parametrize("outcome", ["commits", "rolls back"])
+async def test_an_open_append_blocks_no_writer_and_no_reader_skips_it(
+    pool: asyncpg.Pool, outcome: str
+) -> None:
+    held = Held()
+    held.fail = outcome == "rolls back"
+    store = EventStore(pool, inline_projectors=[held])
+    try:
+        slow = asyncio.create_task(store.append(new_stream(), [new_event(hold=True)]))
+        await held.entered.wait()
+
+        # A second writer is not queued behind the open transaction: no global append lock.
+        fast = await asyncio.wait_for(store.append(new_stream(), [new_event()]), timeout=10)
+
+        # Its event is committed, but a reader must not pass it while an older writer is open:
+        # the older one could still commit behind the reader's cursor.
+        assert await read_everything(store) == []
+
+        held.release.set()
+        if held.fail:
+            with pytest.raises(RuntimeError):
+                await slow
+            expected = [fast[0].event_id]
+        else:
+            expected = [(await slow)[0].event_id, fast[0].event_id]
+    finally:
+        held.release.set()
+        await store.close()
+
+    assert [e.event_id for e in await read_everything(store)] == expected

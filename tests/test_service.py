@@ -1,0 +1,108 @@
+"""The service as an operator runs it: a real process, a real socket, the embedded database."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from api.config import PROJECT_ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def service_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "PORT", "DATA_DIR"}}
+    env.update(overrides)
+    return env
+
+
+def run_cli(*arguments: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "api", *arguments],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.mark.embedded
+def test_without_database_url_the_embedded_database_is_created_and_kept(data_dir: Path) -> None:
+    env = service_env(DATA_DIR=str(data_dir))
+
+    first = run_cli("migrate", env=env)
+    second = run_cli("migrate", env=env)
+
+    assert first.returncode == 0, first.stderr
+    assert "applied: 001_event_store.sql" in first.stdout
+    assert second.returncode == 0, second.stderr
+    assert "up to date" in second.stdout
+    assert (data_dir / "postgres" / "PG_VERSION").exists()
+
+
+def test_an_edited_migration_stops_the_service_with_the_reason(
+    database_url: str, tmp_path: Path
+) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def tamper() -> None:
+        connection = await asyncpg.connect(database_url)
+        await connection.execute("UPDATE schema_migrations SET checksum = 'x' WHERE version = 1")
+        await connection.close()
+
+    asyncio.run(tamper())
+    result = run_cli("migrate", env=service_env(DATABASE_URL=database_url))
+
+    assert result.returncode == 2
+    assert "001_event_store.sql was edited" in result.stderr
+
+
+@pytest.fixture
+def service(database_url: str) -> Iterator[str]:
+    port = free_port()
+    env = service_env(DATABASE_URL=database_url.replace("postgresql://", "postgresql+asyncpg://"),
+                      PORT=str(port), DB_POOL_SIZE="2")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "api", "serve"], cwd=PROJECT_ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(base + "/health", timeout=1)
+                break
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"service did not start:\n{process.stdout.read()}")
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_health_answers_over_a_real_socket(service: str) -> None:
+    response = httpx.get(service + "/health")
+    body = response.json()
+    assert response.status_code == 200
+    assert body["status"] == "healthy"
+    assert body["database"]["reachable"] is True
+    assert body["database"]["latency_ms"] >= 0
