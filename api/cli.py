@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 
 from eventstore import MigrationError
@@ -45,6 +46,10 @@ def _serve(settings: Settings) -> int:
 
     from .app import create_app
 
+    # uvicorn shuts down gracefully, then re-raises the signal that stopped it. Let SIGTERM end the
+    # process the way Ctrl-C does, so that exit handlers run (they stop the embedded database).
+    signal.signal(signal.SIGTERM, _exit)
+
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -52,3 +57,7 @@ def _serve(settings: Settings) -> int:
         log_level=settings.log_level.lower(),
     )
     return 0
+
+
+def _exit(signum: int, frame: object) -> None:
+    sys.exit(128 + signum)

