@@ -9,61 +9,69 @@ from dataclasses import dataclass
 
 import asyncpg
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 
+from commands import AtomicFailure, PositionHandlers, StalePosition, TooMuchContention
+from domain.errors import DomainError
 from eventstore import EventStore
+from projections.positions import project_positions
 
-from . import __version__
+from .auth import AuthError, AuthSettings, TokenVerifier
 from .config import Settings
+from .context import CorrelationMiddleware
 from .database import apply_migrations, create_pool, resolve_database_url
+from .errors import ApiError, handle_error
+from .routes import health, portfolio, positions
 
 
 @dataclass
 class Services:
+    settings: Settings
     pool: asyncpg.Pool
     store: EventStore
+    handlers: PositionHandlers
     started_at: float
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, auth: AuthSettings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
+    verifier = TokenVerifier(auth or AuthSettings.from_env(settings.environment))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         dsn = await resolve_database_url(settings)
         await apply_migrations(dsn)
         pool = await create_pool(dsn, settings)
-        store = EventStore(pool)
-        app.state.services = Services(pool=pool, store=store, started_at=time.monotonic())
+        # The positions read model is updated inside each append's transaction: a read after a
+        # successful command always sees it.
+        store = EventStore(pool, inline_projectors=[project_positions])
+        app.state.services = Services(
+            settings=settings,
+            pool=pool,
+            store=store,
+            handlers=PositionHandlers(store),
+            started_at=time.monotonic(),
+        )
         try:
             yield
         finally:
             await store.close()
             await pool.close()
 
-    return Starlette(routes=[Route("/health", health)], lifespan=lifespan)
-
-
-async def health(request: Request) -> JSONResponse:
-    services: Services = request.app.state.services
-    started = time.perf_counter()
-    try:
-        await services.pool.fetchval("SELECT 1")
-    except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
-        return JSONResponse(
-            {"status": "unhealthy", "database": {"reachable": False}, "version": __version__},
-            status_code=503,
-        )
-    return JSONResponse(
-        {
-            "status": "healthy",
-            "database": {
-                "reachable": True,
-                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-            },
-            "version": __version__,
-            "uptime_seconds": round(time.monotonic() - services.started_at, 3),
-        }
+    app = Starlette(
+        routes=[*health.routes, *positions.routes, *portfolio.routes],
+        middleware=[Middleware(CorrelationMiddleware)],
+        exception_handlers={
+            # Expected refusals: answered, not re-raised.
+            **{kind: handle_error for kind in (
+                ApiError, AuthError, HTTPException, DomainError, StalePosition,
+                TooMuchContention, AtomicFailure,
+            )},
+            # Anything else: a 500 with no detail; Starlette re-raises it to the server's log.
+            Exception: handle_error,
+        },
+        lifespan=lifespan,
     )
+    app.state.verifier = verifier
+    return app

@@ -1,24 +1,36 @@
-"""Command line: `python -m api serve|migrate`."""
+"""Command line: `python -m api serve [--production] | migrate | token`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
+import secrets
 import signal
 import sys
+from datetime import timedelta
 
 from eventstore import MigrationError
 
+from .auth import AuthSettings, Role, mint_token
 from .config import ConfigError, Settings
 from .database import apply_migrations, resolve_database_url
+
+DEV_TOKEN_TTL = timedelta(hours=24)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="position-service")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the HTTP service (settings from the environment)")
+    serve = commands.add_parser("serve", help="run the HTTP service (settings from the environment)")
+    serve.add_argument("--production", action="store_true",
+                       help="refuse to start without DATABASE_URL and a JWT key; several workers")
     commands.add_parser("migrate", help="apply pending database migrations and exit")
+    token = commands.add_parser("token", help="print a signed token (HS256, JWT_SECRET)")
+    token.add_argument("--sub", required=True, help="the user id")
+    token.add_argument("--role", choices=[r.value for r in Role], default=Role.USER.value)
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     arguments = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -26,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         if arguments.command == "migrate":
             return _migrate(settings)
-        return _serve(settings)
+        if arguments.command == "token":
+            return _token(settings, arguments.sub, Role(arguments.role), arguments.ttl)
+        if arguments.production:
+            return _serve_production(settings)
+        return _serve_development(settings)
     except (ConfigError, MigrationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -41,19 +57,65 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
-def _serve(settings: Settings) -> int:
-    import uvicorn
+def _token(settings: Settings, subject: str, role: Role, ttl: int) -> int:
+    auth = AuthSettings.from_env(settings.environment)
+    if auth.secret is None:
+        raise ConfigError("minting needs JWT_SECRET (with a public key, sign with your issuer)")
+    print(mint_token(secret_or_private_key=auth.secret, algorithm=auth.algorithm, subject=subject,
+                     role=role, ttl=timedelta(seconds=ttl), issuer=auth.issuer,
+                     audience=auth.audience))
+    return 0
 
-    from .app import create_app
+
+def _development_secret(settings: Settings) -> str:
+    """A random secret kept in the data folder, so tokens outlive a restart; never in the log."""
+    path = settings.data_dir / "dev-jwt-secret"
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _serve_development(settings: Settings) -> int:
+    env = settings.environment
+    if not (env.get("JWT_SECRET") or env.get("JWT_PUBLIC_KEY") or env.get("JWT_PUBLIC_KEY_FILE")):
+        secret = _development_secret(settings)
+        os.environ["JWT_SECRET"] = secret
+        settings = Settings.from_env()
+        ttl = DEV_TOKEN_TTL
+        print("development tokens (valid 24 h; the secret is in .data/dev-jwt-secret):")
+        for role, subject in ((Role.ADMIN, "admin"), (Role.USER, "trader")):
+            token = mint_token(secret_or_private_key=secret, algorithm="HS256", subject=subject,
+                               role=role, ttl=ttl)
+            print(f"  {role.value:<5} {subject:<7} {token}")
+        sys.stdout.flush()
+    return _serve(settings, workers=1)
+
+
+def _serve_production(settings: Settings) -> int:
+    env = settings.environment
+    if not settings.database_url:
+        raise ConfigError("production needs DATABASE_URL (the embedded database is for development)")
+    if not (env.get("JWT_SECRET") or env.get("JWT_PUBLIC_KEY") or env.get("JWT_PUBLIC_KEY_FILE")):
+        raise ConfigError("production needs JWT_SECRET, JWT_PUBLIC_KEY or JWT_PUBLIC_KEY_FILE")
+    AuthSettings.from_env(env)  # refuse a weak or inconsistent key before any worker starts
+    workers = settings.workers if "WORKERS" in env else max(2, os.cpu_count() or 2)
+    return _serve(settings, workers=workers)
+
+
+def _serve(settings: Settings, *, workers: int) -> int:
+    import uvicorn
 
     # uvicorn shuts down gracefully, then re-raises the signal that stopped it. Let SIGTERM end the
     # process the way Ctrl-C does, so that exit handlers run (they stop the embedded database).
     signal.signal(signal.SIGTERM, _exit)
-
     uvicorn.run(
-        create_app(settings),
+        "api.app:create_app",
+        factory=True,
         host=settings.host,
         port=settings.port,
+        workers=workers if workers > 1 else None,
         log_level=settings.log_level.lower(),
     )
     return 0

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +27,9 @@ class Settings:
     db_pool_size: int
     db_max_overflow: int
     data_dir: Path
+    risk_stop_proximity_pct: Decimal
+    environment: dict[str, str] = field(repr=False)
+    """All variables, for the parts that read their own (authentication)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -41,6 +45,8 @@ class Settings:
             db_pool_size=_int(env, "DB_POOL_SIZE", 20),
             db_max_overflow=_int(env, "DB_MAX_OVERFLOW", 40),
             data_dir=Path(env.get("DATA_DIR", str(PROJECT_ROOT / ".data"))),
+            risk_stop_proximity_pct=_decimal(env, "RISK_STOP_PROXIMITY_PCT", Decimal(2)),
+            environment=env,
         )
 
 
@@ -54,6 +60,19 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
     if value < 0:
         raise ConfigError(f"{name} must not be negative")
+    return value
+
+
+def _decimal(env: dict[str, str], name: str, default: Decimal) -> Decimal:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+    if not value.is_finite() or value < 0:
+        raise ConfigError(f"{name} must be a number of 0 or more")
     return value
 
 

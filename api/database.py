@@ -8,7 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from eventstore import init_connection, migrate
+import eventstore
+from eventstore import migrate
 
 from .config import MIGRATIONS, Settings
 
@@ -64,14 +65,13 @@ async def resolve_database_url(settings: Settings) -> str:
 
 
 async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
-    return await asyncpg.create_pool(
+    return await eventstore.create_pool(
         dsn,
         # DB_POOL_SIZE connections are kept open; DB_MAX_OVERFLOW more are opened under load and
         # closed again when idle.
         min_size=settings.db_pool_size,
         max_size=max(1, settings.db_pool_size + settings.db_max_overflow),
         max_inactive_connection_lifetime=60.0,
-        init=init_connection,
     )
 
 

@@ -2,6 +2,7 @@
 
 from .checkpoints import load_checkpoint, reset_checkpoint, save_checkpoint
 from .codec import init_connection
+from .connections import create_pool
 from .errors import (
     CheckpointConflict,
     DuplicateEventIds,
@@ -31,6 +32,7 @@ __all__ = [
     "UnknownPosition",
     "Upcasters",
     "WrongExpectedVersion",
+    "create_pool",
     "init_connection",
     "load_checkpoint",
     "migrate",

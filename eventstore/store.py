@@ -6,7 +6,7 @@ It knows streams, versions and positions, nothing of what the events mean.
 from __future__ import annotations
 
 import asyncio
-import json
+from contextlib import AsyncExitStack
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -15,17 +15,75 @@ import msgspec
 
 from . import codec
 from .errors import DuplicateEventIds, UnknownPosition, WrongExpectedVersion
-from .events import START, NewEvent, Position, RecordedEvent, StreamAppend
+from .events import START, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamAppend
 from .notifications import LogNotifier
 from .upcasting import Upcasters
 
 InlineProjector = Callable[[asyncpg.Connection, Sequence[RecordedEvent]], Awaitable[None]]
 """Runs inside the append's transaction: its writes commit or roll back with the events."""
 
-_APPEND = """
-SELECT event_id, global_position, tx_id, stream_version, recorded_at, appended
-FROM append_events($1, $2, $3, $4, $5, $6, $7, $8)
+# One statement checks the expected version and inserts the events; the unique (stream_id,
+# stream_version) index settles races (of two writers that decided on one version, the second gets
+# a unique violation). An expected version n needs only "version n exists" (n = 0: nothing to
+# check); only "any version" looks up the stream's last version. One event, one stream and several
+# streams each have a statement: the general form costs about twice as much on the server.
+_APPEND_EVENT = """
+INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata)
+SELECT $2, $1,
+       coalesce($7, (SELECT max(stream_version) FROM events WHERE stream_id = $1), 0) + 1,
+       $3, $4, $5, $6
+WHERE $7::bigint IS NULL OR $7 = 0
+   OR EXISTS (SELECT FROM events WHERE stream_id = $1 AND stream_version = $7)
+RETURNING event_id, global_position, tx_id, stream_version, recorded_at
 """
+
+_APPEND_TO_STREAM = """
+INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata)
+SELECT i.event_id, $1,
+       coalesce($7, (SELECT max(stream_version) FROM events WHERE stream_id = $1), 0) + i.ord,
+       i.event_type, i.schema_version, i.data, i.metadata
+FROM unnest($2::uuid[], $3::text[], $4::integer[], $5::jsonb[], $6::jsonb[])
+         WITH ORDINALITY AS i(event_id, event_type, schema_version, data, metadata, ord)
+WHERE $7::bigint IS NULL OR $7 = 0
+   OR EXISTS (SELECT FROM events WHERE stream_id = $1 AND stream_version = $7)
+ORDER BY i.ord
+RETURNING event_id, global_position, tx_id, stream_version, recorded_at
+"""
+
+# Rows arrive sorted by stream id, so two atomic appends over the same streams claim index entries
+# in the same order and cannot deadlock.
+_APPEND_TO_STREAMS = """
+WITH streams AS (
+    SELECT s.stream_id,
+           coalesce(s.expected,
+                    (SELECT max(e.stream_version) FROM events e WHERE e.stream_id = s.stream_id),
+                    0) AS base,
+           s.expected IS NULL OR s.expected = 0
+               OR EXISTS (SELECT FROM events e
+                          WHERE e.stream_id = s.stream_id AND e.stream_version = s.expected)
+               AS ready
+    FROM unnest($1::text[], $2::bigint[]) AS s(stream_id, expected)
+)
+INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata)
+SELECT i.event_id, i.stream_id,
+       s.base + row_number() OVER (PARTITION BY i.stream_id ORDER BY i.ord),
+       i.event_type, i.schema_version, i.data, i.metadata
+FROM unnest($3::text[], $4::uuid[], $5::text[], $6::integer[], $7::jsonb[], $8::jsonb[])
+         WITH ORDINALITY AS i(stream_id, event_id, event_type, schema_version, data, metadata, ord)
+JOIN streams s USING (stream_id)
+WHERE NOT EXISTS (SELECT FROM streams WHERE NOT ready)
+ORDER BY i.ord
+RETURNING event_id, global_position, tx_id, stream_version, recorded_at
+"""
+
+_STREAM_VERSIONS = """
+SELECT stream_id, max(stream_version) AS version FROM events
+WHERE stream_id = ANY ($1) GROUP BY stream_id
+"""
+
+# An append to "any version" that lost a race is tried again on the new version. Each lost race
+# means a rival committed, so the bound only guards against a pathological pile-up.
+_ANY_VERSION_ATTEMPTS = 100
 
 _COLUMNS = """global_position, tx_id, event_id, stream_id, stream_version, event_type,
               schema_version, data, metadata, recorded_at"""
@@ -102,46 +160,95 @@ class EventStore:
         stream_id: str,
         events: Sequence[NewEvent],
         expected_version: int | None = None,
+        *,
+        connection: asyncpg.Connection | None = None,
     ) -> list[RecordedEvent]:
         """Append to one stream; `expected_version` None = any, 0 = no stream, n = exactly n."""
-        return await self.append_streams([StreamAppend(stream_id, list(events), expected_version)])
+        return await self.append_streams(
+            [StreamAppend(stream_id, list(events), expected_version)], connection=connection
+        )
 
-    async def append_streams(self, appends: Sequence[StreamAppend]) -> list[RecordedEvent]:
+    async def append_streams(
+        self, appends: Sequence[StreamAppend], *, connection: asyncpg.Connection | None = None
+    ) -> list[RecordedEvent]:
         """Append to several streams atomically: all of them are written, or none.
 
-        Repeating an append whose events are stored already returns them and writes nothing.
+        Events go into the log stream by stream, in stream-id order. Repeating an append whose
+        events are stored already returns them and writes nothing. With `connection`, the append
+        joins the caller's transaction (in a savepoint, so a refusal leaves that transaction
+        usable) and commits with it.
         """
+        appends = sorted(appends, key=lambda append: append.stream_id)
         pending = _pending(appends)
-        arguments = _append_arguments(appends, pending)
+        statement = _statement(appends, pending)
+        retry_on_race = all(a.expected_version is ExpectedVersion.ANY for a in appends)
         try:
-            async with self._pool.acquire() as connection:
-                if not self._inline_projectors:
-                    return _recorded(pending, await connection.fetch(_APPEND, *arguments))
-                async with connection.transaction():
-                    rows = await connection.fetch(_APPEND, *arguments)
-                    recorded = _recorded(pending, rows)
-                    if rows[0]["appended"]:
-                        for project in self._inline_projectors:
-                            await project(connection, recorded)
-                    return recorded
-        except asyncpg.PostgresError as error:
-            stored = await self._stored_if_retry(error, pending)
-            if stored is not None:
-                return stored
-            raise _translate(error) from error
+            for attempt in range(1, _ANY_VERSION_ATTEMPTS + 1):
+                try:
+                    return await self._append_once(connection, pending, statement)
+                except asyncpg.UniqueViolationError as error:
+                    lost_race = _is_constraint(error, "events_stream_version_key")
+                    if lost_race and retry_on_race and attempt < _ANY_VERSION_ATTEMPTS:
+                        continue
+                    return await self._explain_refusal(appends, pending, error)
+                except _VersionMismatch:
+                    return await self._explain_refusal(appends, pending, None)
+            raise AssertionError("unreachable")
         finally:
             self._notifier.appended()
 
-    async def _stored_if_retry(
-        self, error: asyncpg.PostgresError, pending: Sequence[_Pending]
-    ) -> list[RecordedEvent] | None:
-        """A concurrent twin of this append committed first: then this one is a retry, not news."""
-        if not (error.sqlstate == "ES409" or _is_constraint(error, "events_event_id_key")):
-            return None
+    async def _append_once(
+        self,
+        connection: asyncpg.Connection | None,
+        pending: Sequence[_Pending],
+        statement: tuple[str, list[Any]],
+    ) -> list[RecordedEvent]:
+        sql, arguments = statement
+        alone = connection is None or not connection.is_in_transaction()
+        if alone and not self._inline_projectors:
+            # A single statement outside a transaction commits by itself: one round trip.
+            rows = await (connection or self._pool).fetch(sql, *arguments)
+            if not rows:
+                raise _VersionMismatch()
+            return _recorded(pending, rows)
+        async with AsyncExitStack() as stack:
+            if connection is None:
+                connection = await stack.enter_async_context(self._pool.acquire())
+            await stack.enter_async_context(connection.transaction())
+            rows = await connection.fetch(sql, *arguments)
+            if not rows:
+                raise _VersionMismatch()
+            recorded = _recorded(pending, rows)
+            for project in self._inline_projectors:
+                await project(connection, recorded)
+            return recorded
+
+    async def _explain_refusal(
+        self,
+        appends: Sequence[StreamAppend],
+        pending: Sequence[_Pending],
+        error: asyncpg.UniqueViolationError | None,
+    ) -> list[RecordedEvent]:
+        """Nothing was written: a retry of a stored append (answer it), or a real refusal."""
         stored = await self._pool.fetch(_STORED, [item.event.event_id for item in pending])
-        if len(stored) != len(pending):
-            return None
-        return [self._record(row) for row in stored]
+        if len(stored) == len(pending):
+            return [self._record(row) for row in stored]
+        if stored or (error is not None and _is_constraint(error, "events_event_id_key")):
+            raise DuplicateEventIds(
+                "some of these event ids are stored already, as part of another append"
+            )
+        versions = {
+            row["stream_id"]: row["version"]
+            for row in await self._pool.fetch(_STREAM_VERSIONS, [a.stream_id for a in appends])
+        }
+        for append in appends:
+            actual = versions.get(append.stream_id, 0)
+            if append.expected_version is None or append.expected_version != actual:
+                raise WrongExpectedVersion(append.stream_id, append.expected_version, actual)
+        # The rival that held the version rolled back since: the caller may simply retry.
+        first = appends[0]
+        raise WrongExpectedVersion(first.stream_id, first.expected_version,
+                                   versions.get(first.stream_id, 0))
 
     # -- reading one stream --------------------------------------------------------------------
 
@@ -152,21 +259,21 @@ class EventStore:
         from_version: int | None = None,
         backward: bool = False,
         limit: int | None = None,
+        connection: asyncpg.Connection | None = None,
     ) -> list[RecordedEvent]:
         """A stream's events in version order (or reverse), starting at `from_version`."""
         if backward:
             sql, start = _READ_STREAM_BACKWARD, from_version or _LAST_VERSION
         else:
             sql, start = _READ_STREAM_FORWARD, from_version or 1
-        rows = await self._pool.fetch(sql, stream_id, start, limit or _NO_LIMIT)
+        rows = await (connection or self._pool).fetch(sql, stream_id, start, limit or _NO_LIMIT)
         return [self._record(row) for row in rows]
 
     async def stream_version(self, stream_id: str) -> int:
         """The stream's current version: its number of events, 0 when it does not exist."""
-        version = await self._pool.fetchval(
-            "SELECT version FROM streams WHERE stream_id = $1", stream_id
+        return await self._pool.fetchval(
+            "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1", stream_id
         )
-        return version or 0
 
     # -- reading the log -----------------------------------------------------------------------
 
@@ -249,11 +356,11 @@ class EventStore:
         return [self._record(row) for row in rows]
 
     def _record(self, row: asyncpg.Record) -> RecordedEvent:
-        event_type, schema_version, data = row["event_type"], row["schema_version"], row["data"]
-        if self._upcasters:
-            event_type, schema_version, data = self._upcasters.upcast(
-                event_type, schema_version, data
-            )
+        if not self._upcasters:
+            return RecordedEvent(*row)  # the columns are selected in the struct's field order
+        event_type, schema_version, data = self._upcasters.upcast(
+            row["event_type"], row["schema_version"], row["data"]
+        )
         return RecordedEvent(
             global_position=row["global_position"],
             tx_id=row["tx_id"],
@@ -319,16 +426,28 @@ def _pending(appends: Sequence[StreamAppend]) -> list[_Pending]:
     return pending
 
 
-def _append_arguments(appends: Sequence[StreamAppend], pending: Sequence[_Pending]) -> list[Any]:
-    return [
-        [append.stream_id for append in appends],
-        [append.expected_version for append in appends],
-        [item.stream_id for item in pending],
+def _statement(appends: Sequence[StreamAppend], pending: Sequence[_Pending]) -> tuple[str, list[Any]]:
+    if len(pending) == 1:
+        [item], append = pending, appends[0]
+        return _APPEND_EVENT, [
+            append.stream_id, item.event.event_id, item.event.event_type,
+            item.event.schema_version, msgspec.Raw(item.data), msgspec.Raw(item.metadata),
+            append.expected_version,
+        ]
+    events = [
         [item.event.event_id for item in pending],
         [item.event.event_type for item in pending],
         [item.event.schema_version for item in pending],
         [msgspec.Raw(item.data) for item in pending],
         [msgspec.Raw(item.metadata) for item in pending],
+    ]
+    if len(appends) == 1:
+        return _APPEND_TO_STREAM, [appends[0].stream_id, *events, appends[0].expected_version]
+    return _APPEND_TO_STREAMS, [
+        [append.stream_id for append in appends],
+        [append.expected_version for append in appends],
+        [item.stream_id for item in pending],
+        *events,
     ]
 
 
@@ -355,16 +474,9 @@ def _recorded(pending: Sequence[_Pending], rows: Sequence[asyncpg.Record]) -> li
     return recorded
 
 
+class _VersionMismatch(Exception):
+    """The append statement wrote nothing: some stream was not at its expected version."""
+
+
 def _is_constraint(error: asyncpg.PostgresError, name: str) -> bool:
     return getattr(error, "constraint_name", None) == name
-
-
-def _translate(error: asyncpg.PostgresError) -> Exception:
-    if error.sqlstate == "ES409":
-        detail = json.loads(error.detail)
-        return WrongExpectedVersion(detail["stream_id"], detail["expected"], detail["actual"])
-    if error.sqlstate == "ES422" or _is_constraint(error, "events_event_id_key"):
-        return DuplicateEventIds(
-            "some of these event ids are stored already, as part of another append"
-        )
-    return error

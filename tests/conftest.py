@@ -21,7 +21,7 @@ import pytest
 
 from api.config import MIGRATIONS
 from api.database import asyncpg_dsn, with_database
-from eventstore import EventStore, init_connection, migrate
+from eventstore import EventStore, create_pool, migrate
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 MACHINE_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
@@ -127,7 +127,7 @@ async def database_url(pg_server: str, template_database: str) -> AsyncIterator[
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=24, init=init_connection)
+    pool = await create_pool(database_url, min_size=1, max_size=24)
     yield pool
     await pool.close()
 
@@ -142,7 +142,7 @@ async def store(pool: asyncpg.Pool) -> AsyncIterator[EventStore]:
 @pytest.fixture
 async def other_process_store(database_url: str) -> AsyncIterator[EventStore]:
     """A store on a pool of its own, as another instance of the service would have."""
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4, init=init_connection)
+    pool = await create_pool(database_url, min_size=1, max_size=4)
     store = EventStore(pool, poll_interval=0.5)
     yield store
     await store.close()

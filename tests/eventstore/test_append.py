@@ -166,7 +166,10 @@ async def test_multi_stream_append_writes_every_stream(store: EventStore) -> Non
         ]
     )
 
-    assert [(e.stream_id, e.stream_version) for e in recorded] == [(a, 1), (a, 2), (b, 2)]
+    # One transaction; in the log the streams follow each other in stream-id order.
+    expected = sorted([(a, 1), (a, 2), (b, 2)])
+    assert [(e.stream_id, e.stream_version) for e in recorded] == expected
+    assert [e.global_position for e in recorded] == sorted(e.global_position for e in recorded)
     assert len({e.tx_id for e in recorded}) == 1
 
 

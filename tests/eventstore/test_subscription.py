@@ -115,11 +115,11 @@ class Consumer:
     async def run(self, stop_after: int | None = None) -> int:
         handled = 0
         async with self.pool.acquire() as connection:
-            # Durability of a test table is not what is under test; speed is welcome.
-            await connection.execute("SET synchronous_commit TO off")
             position = await load_checkpoint(connection, self.name)
             async for event in self.store.subscribe(position):
                 async with connection.transaction():
+                    # Durability of a test table is not what is under test; speed is welcome.
+                    await connection.execute("SET LOCAL synchronous_commit TO off")
                     await connection.execute(
                         "INSERT INTO consumed (subscriber, global_position, event_id) "
                         "VALUES ($1, $2, $3)",

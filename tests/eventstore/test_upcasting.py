@@ -17,7 +17,6 @@ from .factories import new_stream
 
 async def write_old_shape(pool: asyncpg.Pool, stream: str) -> None:
     """A v1 event as an older release wrote it: `price` was a string and `qty` had another name."""
-    await pool.execute("INSERT INTO streams (stream_id, version) VALUES ($1, 1)", stream)
     await pool.execute(
         "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data)"
         " VALUES ($1, $2, 1, 'Filled', 1, $3)",

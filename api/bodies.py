@@ -1,0 +1,125 @@
+"""Request bodies: their types, and parsing that reports every field error at once.
+
+msgspec stops at the first error it meets, so each field is converted on its own, and the
+domain's own per-field rules run on every field that converted; all findings are answered together.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, Literal, TypeVar
+from uuid import UUID
+
+import msgspec
+from msgspec import UNSET, UnsetType
+from starlette.requests import Request
+
+from domain.rules import check_fields
+
+from . import json
+from .errors import ApiError, field_errors
+
+MAX_BODY_BYTES = 1 << 20
+MAX_BATCH = 1000
+
+Body = TypeVar("Body", bound=msgspec.Struct)
+
+
+class OpenPositionBody(msgspec.Struct, kw_only=True):
+    symbol: str
+    side: Literal["long", "short"]
+    quantity: Decimal
+    entry_price: Decimal
+    stop_loss: Decimal | None = None
+    take_profit: Decimal | None = None
+    strategy: str | None = None
+    notes: str | None = None
+    status: Literal["open", "pending"] = "open"
+    owner: str | None = None
+    """Admins may open a position for another owner."""
+
+
+class AmendPositionBody(msgspec.Struct, kw_only=True):
+    """Only the fields given change; null clears stop_loss, take_profit, notes or strategy."""
+
+    current_price: Decimal | UnsetType = UNSET
+    stop_loss: Decimal | None | UnsetType = UNSET
+    take_profit: Decimal | None | UnsetType = UNSET
+    notes: str | None | UnsetType = UNSET
+    strategy: str | None | UnsetType = UNSET
+
+
+class FillPositionBody(msgspec.Struct, kw_only=True):
+    entry_price: Decimal | None = None
+
+
+class IncreasePositionBody(msgspec.Struct, kw_only=True):
+    quantity: Decimal
+    price: Decimal
+
+
+class BulkUpdateBody(msgspec.Struct, kw_only=True):
+    position_ids: list[UUID]
+    updates: dict[str, Any]
+    atomic: bool = False
+
+
+async def read_body(request: Request) -> bytes:
+    """The body, refusing (413) one over MAX_BODY_BYTES without reading all of it."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, f"the body is over {MAX_BODY_BYTES} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(413, f"the body is over {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def parse(request: Request, kind: type[Body], *, empty_allowed: bool = False) -> Body:
+    raw = await read_body(request)
+    if not raw.strip() and empty_allowed:
+        return kind()
+    return parse_object(decode_object(raw), kind)
+
+
+def decode_object(raw: bytes) -> dict[str, Any]:
+    try:
+        data = json.decode(raw)
+    except (msgspec.DecodeError, RecursionError) as error:
+        raise ApiError(422, "the body is not valid JSON",
+                       [{"loc": ["body"], "msg": str(error)}]) from None
+    if not isinstance(data, dict):
+        raise ApiError(422, "validation failed", [{"loc": ["body"], "msg": "must be a JSON object"}])
+    return data
+
+
+def parse_object(data: dict[str, Any], kind: type[Body], location: str = "body") -> Body:
+    fields = {field.encode_name: field for field in msgspec.structs.fields(kind)}
+    errors = [
+        {"loc": [location, key], "msg": "unknown field"} for key in data if key not in fields
+    ]
+    values: dict[str, Any] = {}
+    for name, field in fields.items():
+        if name not in data:
+            if field.required:
+                errors.append({"loc": [location, name], "msg": "field required"})
+            continue
+        try:
+            values[field.name] = msgspec.convert(data[name], field.type, strict=False)
+        except msgspec.ValidationError as error:
+            errors.append({"loc": [location, name], "msg": _message(error)})
+    errors += field_errors(check_fields(values), location)
+    if isinstance(values.get("position_ids"), list) and len(values["position_ids"]) > MAX_BATCH:
+        errors.append({"loc": [location, "position_ids"], "msg": f"at most {MAX_BATCH} ids"})
+    if errors:
+        raise ApiError(422, "validation failed", errors)
+    return kind(**values)
+
+
+def _message(error: msgspec.ValidationError) -> str:
+    """msgspec's text without its JSON path (the `loc` says where)."""
+    text = str(error)
+    return text.split(" - at `", 1)[0]

@@ -1,0 +1,56 @@
+"""Who is asking, from where, in what conversation: correlation ids and event metadata."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .auth import Principal
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+class CorrelationMiddleware:
+    """Takes X-Correlation-ID (or X-Request-ID) when it is a sane id, else makes one; echoes it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in {"http", "websocket"}:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        given = (headers.get(b"x-correlation-id") or headers.get(b"x-request-id") or b"").decode(
+            "latin-1"
+        )
+        correlation_id = given if _SAFE_ID.fullmatch(given) else str(uuid.uuid4())
+        scope.setdefault("state", {})["correlation_id"] = correlation_id
+        echoed = (b"x-correlation-id", correlation_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), echoed]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def event_metadata(connection: HTTPConnection, principal: Principal) -> dict[str, Any]:
+    """What every event recorded by this request carries: actor, origin, conversation."""
+    metadata: dict[str, Any] = {
+        "actor": principal.subject,
+        "role": str(principal.role),
+        "client_ip": connection.client.host if connection.client else None,
+        "user_agent": connection.headers.get("user-agent"),
+        "correlation_id": connection.scope["state"]["correlation_id"],
+        "causation_id": str(uuid.uuid4()),
+    }
+    key = connection.headers.get("idempotency-key")
+    if key:
+        metadata["idempotency_key"] = key
+    return metadata

@@ -1,0 +1,115 @@
+"""Every error answers with one body shape, and a 500 never shows a stack, SQL or a secret.
+
+    {"detail": "...", "timestamp": "...", "path": "/positions/123", "correlation_id": "...",
+     "errors": [{"loc": ["body", "quantity"], "msg": "must be greater than 0"}]}   (422 only)
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+
+from commands import AtomicFailure, StalePosition, TooMuchContention
+from domain.errors import (
+    DomainError,
+    InvalidCommand,
+    NoExitPrice,
+    NotOpen,
+    NotPending,
+    PositionAlreadyExists,
+    PositionClosed,
+    PositionNotFound,
+)
+
+from .auth import AuthError
+from .json import JSONResponse
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.status, self.detail, self.errors, self.headers = status, detail, errors, headers
+        super().__init__(detail)
+
+
+def field_errors(errors: list[Any], location: str = "body") -> list[dict[str, Any]]:
+    """Domain FieldErrors as `loc`/`msg` pairs."""
+    return [{"loc": [location, e.field], "msg": e.message} for e in errors]
+
+
+def correlation_id(connection: HTTPConnection) -> str:
+    return connection.scope.get("state", {}).get("correlation_id", "")
+
+
+def error_body(connection: HTTPConnection, status: int, detail: str,
+               errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "detail": detail,
+        "timestamp": datetime.now(UTC).isoformat(),
+        "path": connection.url.path,
+        "correlation_id": correlation_id(connection),
+    }
+    if errors is not None:
+        body["errors"] = errors
+    return body
+
+
+_DOMAIN_STATUS: dict[type[DomainError], int] = {
+    PositionNotFound: 404,
+    PositionAlreadyExists: 409,
+    PositionClosed: 409,
+    NotPending: 409,
+    NotOpen: 409,
+    NoExitPrice: 409,
+}
+
+
+def as_api_error(error: Exception) -> ApiError | None:
+    """The HTTP meaning of a failure the service expects; None for a genuine fault."""
+    match error:
+        case ApiError():
+            return error
+        case InvalidCommand():
+            return ApiError(422, "validation failed", field_errors(error.errors))
+        case DomainError() if type(error) in _DOMAIN_STATUS:
+            return ApiError(_DOMAIN_STATUS[type(error)], str(error))
+        case StalePosition():
+            return ApiError(412, str(error), headers={"ETag": f'"{error.actual}"'})
+        case TooMuchContention():
+            return ApiError(409, str(error))
+        case AtomicFailure():
+            return ApiError(409, str(error))
+        case AuthError():
+            return ApiError(401, error.reason, headers={"WWW-Authenticate": "Bearer"})
+        case HTTPException():
+            return ApiError(error.status_code, error.detail, headers=error.headers)
+    return None
+
+
+def error_response(request: Request, error: Exception) -> Response:
+    api_error = as_api_error(error)
+    if api_error is None:
+        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+        api_error = ApiError(500, "internal error; quote the correlation id when reporting it")
+    return JSONResponse(
+        error_body(request, api_error.status, api_error.detail, api_error.errors),
+        status_code=api_error.status,
+        headers=api_error.headers,
+    )
+
+
+async def handle_error(request: Request, error: Exception) -> Response:
+    """Starlette exception handler for everything above."""
+    return error_response(request, error)

@@ -1,0 +1,76 @@
+"""Idempotency-Key: a retried command gets the first answer and records nothing new.
+
+The key's answer is stored in the same transaction as the events the command appended, so there
+is no moment where the events exist but the answer does not (or the reverse). Concurrent requests
+with one key queue on a transaction-level advisory lock; the later ones find the stored answer.
+The same key with a different request is refused (422).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .errors import ApiError, error_response
+
+MAX_KEY_LENGTH = 255
+REPLAYED_HEADER = "idempotent-replayed"
+_KEPT_HEADERS = ("location", "etag", "content-type")
+
+Operation = Callable[[asyncpg.Connection | None], Awaitable[Response]]
+
+
+async def run_once(request: Request, caller: str, body: bytes, operation: Operation) -> Response:
+    """Run `operation` (given the connection to append on), once per Idempotency-Key."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return await operation(None)
+    if not 0 < len(key) <= MAX_KEY_LENGTH:
+        raise ApiError(422, "validation failed", [
+            {"loc": ["header", "Idempotency-Key"], "msg": f"must be 1-{MAX_KEY_LENGTH} characters"}
+        ])
+    fingerprint = _fingerprint(request, body)
+    pool: asyncpg.Pool = request.app.state.services.pool
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{caller}\x00{key}"
+        )
+        stored = await connection.fetchrow(
+            "SELECT fingerprint, status_code, headers, body FROM idempotency_keys "
+            "WHERE caller = $1 AND key = $2",
+            caller, key,
+        )
+        if stored is not None:
+            if stored["fingerprint"] != fingerprint:
+                raise ApiError(422, "this Idempotency-Key was used for a different request", [
+                    {"loc": ["header", "Idempotency-Key"], "msg": "used for a different request"}
+                ])
+            return Response(
+                stored["body"], status_code=stored["status_code"],
+                headers={**stored["headers"], REPLAYED_HEADER: "true"},
+            )
+        try:
+            response = await operation(connection)
+        except Exception as error:  # the refusal is the first answer too, unless it is a fault
+            response = error_response(request, error)
+            if response.status_code >= 500:
+                raise
+        headers = {k: v for k, v in response.headers.items() if k in _KEPT_HEADERS}
+        await connection.execute(
+            "INSERT INTO idempotency_keys (caller, key, fingerprint, status_code, headers, body) "
+            "VALUES ($1, $2, $3, $4, $5, $6)",
+            caller, key, fingerprint, response.status_code, headers, response.body,
+        )
+        return response
+
+
+def _fingerprint(request: Request, body: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in (request.method.encode(), request.url.path.encode(), request.url.query.encode(), body):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()

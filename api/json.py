@@ -1,0 +1,48 @@
+"""JSON in and out: exact decimals both ways, in plain notation, never a float."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from starlette.responses import Response
+
+from domain.rules import ARITHMETIC
+
+_decoder = msgspec.json.Decoder(float_hook=Decimal)
+_encoder = msgspec.json.Encoder()
+
+
+def decode(body: bytes) -> Any:
+    """Numbers become Decimal (exactly as written) or int; never float."""
+    return _decoder.decode(body)
+
+
+def encode(value: Any) -> bytes:
+    return _encoder.encode(_plain(msgspec.to_builtins(value, builtin_types=(Decimal,))))
+
+
+def number(value: Decimal) -> msgspec.Raw:
+    """A Decimal as a JSON number with every significant digit and no exponent: 1500, 0.00000001."""
+    if value == 0:
+        return msgspec.Raw(b"0")
+    return msgspec.Raw(format(ARITHMETIC.normalize(value), "f").encode())
+
+
+def _plain(value: Any) -> Any:
+    kind = type(value)
+    if kind is dict:
+        return {key: _plain(item) for key, item in value.items()}
+    if kind is list:
+        return [_plain(item) for item in value]
+    if kind is Decimal:
+        return number(value)
+    return value
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return encode(content)

@@ -1,0 +1,412 @@
+"""The command and query API for positions."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from commands import AtomicFailure, Outcome, PositionHandlers
+from domain.commands import (
+    AmendPosition,
+    ClosePosition,
+    DeletePosition,
+    FillPosition,
+    IncreasePosition,
+    OpenPosition,
+    UpdateMarketPrices,
+)
+from domain.errors import DomainError
+from domain.rules import check_fields
+from projections import queries
+from projections.queries import PositionFilter
+
+from ..auth import Principal, Role
+from ..bodies import (
+    MAX_BATCH,
+    AmendPositionBody,
+    BulkUpdateBody,
+    FillPositionBody,
+    IncreasePositionBody,
+    OpenPositionBody,
+    decode_object,
+    parse_object,
+    read_body,
+)
+from ..context import event_metadata
+from ..errors import ApiError, as_api_error, error_body, field_errors
+from ..idempotency import run_once
+from ..json import JSONResponse
+from ..security import (
+    POSITION_WRITERS,
+    PRICE_WRITERS,
+    READERS_OF_EVERYTHING,
+    authenticate,
+    require,
+    visible_owner,
+)
+
+STATUSES = ("pending", "open", "closed")
+SIDES = ("long", "short")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _services(request: Request) -> Any:
+    return request.app.state.services
+
+
+def _owned_by(principal: Principal) -> str | None:
+    """The owner a caller's commands are confined to (None: any position)."""
+    return None if principal.role == Role.ADMIN else principal.subject
+
+
+def _position_response(view: queries.PositionView | None, status: int = 200,
+                       headers: dict[str, str] | None = None) -> Response:
+    if view is None:
+        raise ApiError(404, "position not found")
+    return JSONResponse(view, status_code=status,
+                        headers={"ETag": f'"{view.version}"', **(headers or {})})
+
+
+# -- query parameters ---------------------------------------------------------------------------
+
+
+class _Query:
+    """Query parameters, converted one by one, every problem reported together."""
+
+    def __init__(self, request: Request) -> None:
+        self.params = request.query_params
+        self.errors: list[dict[str, Any]] = []
+
+    def _fail(self, name: str, message: str) -> None:
+        self.errors.append({"loc": ["query", name], "msg": message})
+
+    def text(self, name: str, *, choices: tuple[str, ...] | None = None,
+             upper: bool = False) -> str | None:
+        value = self.params.get(name)
+        if value is None:
+            return None
+        value = value.upper() if upper else value
+        if choices is not None and value not in choices:
+            self._fail(name, f"must be one of {', '.join(choices)}")
+        return value
+
+    def integer(self, name: str, default: int, low: int, high: int | None = None) -> int:
+        raw = self.params.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            self._fail(name, "must be a whole number")
+            return default
+        if value < low or (high is not None and value > high):
+            self._fail(name, f"must be between {low} and {high}" if high else f"must be >= {low}")
+        return value
+
+    def decimal(self, name: str) -> Decimal | None:
+        raw = self.params.get(name)
+        if raw is None:
+            return None
+        try:
+            value = Decimal(raw)
+        except InvalidOperation:
+            self._fail(name, "must be a number")
+            return None
+        self.errors += field_errors(check_fields({name: value}), "query")
+        return value
+
+    def done(self) -> None:
+        if self.errors:
+            raise ApiError(422, "validation failed", self.errors)
+
+
+def _position_id(request: Request) -> UUID:
+    try:
+        return UUID(request.path_params["position_id"])
+    except ValueError:
+        # Not an id any position could have: as absent as a position that does not exist.
+        raise ApiError(404, "position not found") from None
+
+
+# -- queries -------------------------------------------------------------------------------------
+
+
+async def list_positions(request: Request) -> Response:
+    principal = authenticate(request)
+    query = _Query(request)
+    where = PositionFilter(
+        owner=visible_owner(principal, query.text("owner")),
+        status=query.text("status", choices=STATUSES),
+        symbol=query.text("symbol", upper=True),
+        strategy=query.text("strategy"),
+        side=query.text("side", choices=SIDES),
+    )
+    limit = query.integer("limit", 100, 1, 1000)
+    offset = query.integer("offset", 0, 0)
+    query.done()
+    views, total = await queries.list_positions(_services(request).pool, where, limit, offset)
+    return JSONResponse(views, headers={"X-Total-Count": str(total)})
+
+
+async def get_position(request: Request) -> Response:
+    principal = authenticate(request)
+    position_id = _position_id(request)
+    owner = None if principal.role in READERS_OF_EVERYTHING else principal.subject
+    return _position_response(
+        await queries.get_position(_services(request).pool, position_id, owner)
+    )
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+async def _command(
+    request: Request,
+    principal: Principal,
+    body: bytes,
+    position_id: UUID,
+    command: Any,
+    *,
+    status: int = 200,
+    expected_version: int | None = None,
+) -> Response:
+    """Run one position command (once per Idempotency-Key) and answer with the position."""
+    services = _services(request)
+    handlers: PositionHandlers = services.handlers
+    metadata = event_metadata(request, principal)
+
+    async def operation(connection: asyncpg.Connection | None) -> Response:
+        outcome = await handlers.handle(
+            position_id, command, metadata, expected_version=expected_version,
+            owner=_owned_by(principal), connection=connection,
+        )
+        if outcome.state is not None and outcome.state.deleted:
+            return Response(status_code=204)
+        view = await queries.get_position(connection or services.pool, position_id, None)
+        headers = {"Location": f"/positions/{position_id}"} if status == 201 else None
+        return _position_response(view, status, headers)
+
+    return await run_once(request, principal.subject, body, operation)
+
+
+async def create_position(request: Request) -> Response:
+    principal = authenticate(request)
+    require(principal, POSITION_WRITERS)
+    raw = await read_body(request)
+    body = parse_object(decode_object(raw), OpenPositionBody)
+    if body.owner is not None and body.owner != principal.subject and principal.role != Role.ADMIN:
+        raise ApiError(403, "only an admin may open a position for another owner")
+    position_id = uuid.uuid4()
+    command = OpenPosition(
+        at=_now(),
+        position_id=position_id,
+        owner=body.owner or principal.subject,
+        symbol=body.symbol,
+        side=body.side,
+        quantity=body.quantity,
+        entry_price=body.entry_price,
+        stop_loss=body.stop_loss,
+        take_profit=body.take_profit,
+        strategy=body.strategy,
+        notes=body.notes,
+        pending=body.status == "pending",
+    )
+    return await _command(request, principal, raw, position_id, command, status=201)
+
+
+def _if_match(request: Request) -> int | None:
+    raw = request.headers.get("if-match")
+    if raw is None or raw.strip() == "*":
+        return None
+    try:
+        return int(raw.strip().removeprefix("W/").strip('"'))
+    except ValueError:
+        raise ApiError(422, "validation failed", [
+            {"loc": ["header", "If-Match"], "msg": "must be a position version, e.g. \"3\""}
+        ]) from None
+
+
+async def amend_position(request: Request) -> Response:
+    principal = authenticate(request)
+    require(principal, POSITION_WRITERS)
+    position_id = _position_id(request)
+    raw = await read_body(request)
+    body = parse_object(decode_object(raw), AmendPositionBody)
+    command = AmendPosition(at=_now(), **msgspec.structs.asdict(body))
+    return await _command(request, principal, raw, position_id, command,
+                          expected_version=_if_match(request))
+
+
+async def fill_position(request: Request) -> Response:
+    principal = authenticate(request)
+    require(principal, POSITION_WRITERS)
+    position_id = _position_id(request)
+    query = _Query(request)
+    price = query.decimal("entry_price")
+    query.done()
+    raw = await read_body(request)
+    if raw.strip():
+        price = parse_object(decode_object(raw), FillPositionBody).entry_price or price
+    command = FillPosition(at=_now(), entry_price=price)
+    return await _command(request, principal, raw, position_id, command,
+                          expected_version=_if_match(request))
+
+
+async def increase_position(request: Request) -> Response:
+    principal = authenticate(request)
+    require(principal, POSITION_WRITERS)
+    position_id = _position_id(request)
+    raw = await read_body(request)
+    body = parse_object(decode_object(raw), IncreasePositionBody)
+    command = IncreasePosition(at=_now(), quantity=body.quantity, price=body.price)
+    return await _command(request, principal, raw, position_id, command,
+                          expected_version=_if_match(request))
+
+
+async def close_position(request: Request) -> Response:
+    principal = authenticate(request)
+    require(principal, POSITION_WRITERS)
+    position_id = _position_id(request)
+    query = _Query(request)
+    exit_price = query.decimal("exit_price")
+    quantity = query.decimal("quantity")
+    query.done()
+    if exit_price is None:
+        exit_price = await queries.current_price(_services(request).pool, position_id)
+    command = ClosePosition(at=_now(), exit_price=exit_price, quantity=quantity)
+    return await _command(request, principal, b"", position_id, command,
+                          expected_version=_if_match(request))
+
+
+async def delete_position(request: Request) -> Response:
+    principal = authenticate(request)
+    require(principal, {Role.ADMIN})
+    position_id = _position_id(request)
+    return await _command(request, principal, b"", position_id, DeletePosition(at=_now()),
+                          expected_version=_if_match(request))
+
+
+async def bulk_update(request: Request) -> Response:
+    principal = authenticate(request)
+    require(principal, POSITION_WRITERS)
+    raw = await read_body(request)
+    body = parse_object(decode_object(raw), BulkUpdateBody)
+    updates = parse_object(body.updates, AmendPositionBody, "updates")
+    command = AmendPosition(at=_now(), **msgspec.structs.asdict(updates))
+    ids = list(dict.fromkeys(body.position_ids))  # each position once, in the order given
+    services = _services(request)
+    handlers: PositionHandlers = services.handlers
+    metadata = event_metadata(request, principal)
+    owner = _owned_by(principal)
+
+    async def operation(connection: asyncpg.Connection | None) -> Response:
+        if body.atomic:
+            try:
+                outcomes = await handlers.handle_atomically(
+                    [(i, command) for i in ids], metadata, owner=owner, connection=connection
+                )
+            except AtomicFailure as failure:
+                return JSONResponse(
+                    {**error_body(request, 409, str(failure)),
+                     "failed": _failures(failure.failures)},
+                    status_code=409,
+                )
+            results: dict[UUID, Outcome | Exception] = dict(zip(ids, outcomes))
+        else:
+            results = {}
+            for position_id in ids:
+                try:
+                    results[position_id] = await handlers.handle(
+                        position_id, command, metadata, owner=owner, connection=connection
+                    )
+                except (DomainError, ApiError) as error:
+                    results[position_id] = error
+        return await _bulk_answer(connection or services.pool, results)
+
+    return await run_once(request, principal.subject, raw, operation)
+
+
+def _failures(failures: dict[UUID, Exception]) -> list[dict[str, Any]]:
+    """Each refused id with the status and reason it would have had on its own."""
+    answer = []
+    for position_id, failure in failures.items():
+        error = as_api_error(failure)
+        if error is None:
+            raise failure
+        answer.append({"id": position_id, "status": error.status, "detail": error.detail,
+                       **({"errors": error.errors} if error.errors else {})})
+    return answer
+
+
+async def _bulk_answer(
+    connection: asyncpg.Connection | asyncpg.Pool, results: dict[UUID, Any]
+) -> Response:
+    failures = {i: r for i, r in results.items() if isinstance(r, Exception)}
+    updated = [
+        await queries.get_position(connection, position_id, None)
+        for position_id, result in results.items()
+        if not isinstance(result, Exception)
+    ]
+    return JSONResponse({"updated": updated, "failed": _failures(failures)})
+
+
+async def update_prices(request: Request) -> Response:
+    principal = authenticate(request)
+    require(principal, PRICE_WRITERS)
+    raw = await read_body(request)
+    data = decode_object(raw)
+    errors = []
+    if not data:
+        errors.append({"loc": ["body"], "msg": "must name at least one symbol"})
+    if len(data) > MAX_BATCH:
+        errors.append({"loc": ["body"], "msg": f"at most {MAX_BATCH} symbols"})
+    prices: dict[str, Decimal] = {}
+    for symbol, price in data.items():
+        try:
+            prices[symbol] = msgspec.convert(price, Decimal, strict=False)
+        except msgspec.ValidationError:
+            errors.append({"loc": ["body", symbol], "msg": "must be a number"})
+    if errors:
+        raise ApiError(422, "validation failed", errors)
+    services = _services(request)
+    handlers: PositionHandlers = services.handlers
+    command = UpdateMarketPrices(at=_now(), prices=prices)
+    metadata = event_metadata(request, principal)
+
+    async def operation(connection: asyncpg.Connection | None) -> Response:
+        recorded = await handlers.update_market_prices(command, metadata, connection=connection)
+        symbols = sorted(recorded[0].data["prices"])
+        count = await queries.count_open(connection or services.pool, symbols)
+        return JSONResponse({
+            "symbols": symbols,
+            "positions_updated": count,
+            "position": recorded[0].global_position,
+        })
+
+    return await run_once(request, principal.subject, raw, operation)
+
+
+routes = [
+    Route("/positions", list_positions, methods=["GET"]),
+    Route("/positions", create_position, methods=["POST"]),
+    Route("/positions/bulk-update", bulk_update, methods=["POST"]),
+    Route("/positions/update-prices", update_prices, methods=["POST"]),
+    Route("/positions/{position_id}", get_position, methods=["GET"]),
+    Route("/positions/{position_id}", amend_position, methods=["PUT"]),
+    Route("/positions/{position_id}", delete_position, methods=["DELETE"]),
+    Route("/positions/{position_id}/open", fill_position, methods=["POST"]),
+    Route("/positions/{position_id}/increase", increase_position, methods=["POST"]),
+    Route("/positions/{position_id}/close", close_position, methods=["POST"]),
+]

@@ -1,0 +1,33 @@
+"""Who may do what: the caller's principal, role checks, and whose positions they see."""
+
+from __future__ import annotations
+
+from starlette.requests import HTTPConnection
+
+from .auth import Principal, Role, TokenVerifier
+from .errors import ApiError
+
+READERS_OF_EVERYTHING = {Role.ADMIN, Role.SERVICE}
+POSITION_WRITERS = {Role.ADMIN, Role.USER}
+PRICE_WRITERS = {Role.ADMIN, Role.SERVICE}
+
+
+def authenticate(connection: HTTPConnection) -> Principal:
+    verifier: TokenVerifier = connection.app.state.verifier
+    principal = verifier.principal_from_header(connection.headers.get("authorization"))
+    connection.scope["state"]["principal"] = principal
+    return principal
+
+
+def require(principal: Principal, roles: set[Role]) -> None:
+    if principal.role not in roles:
+        raise ApiError(403, f"the {principal.role} role may not do this")
+
+
+def visible_owner(principal: Principal, requested_owner: str | None = None) -> str | None:
+    """Whose positions the caller sees: a user only its own; admin and service anyone's."""
+    if principal.role in READERS_OF_EVERYTHING:
+        return requested_owner
+    if requested_owner is not None and requested_owner != principal.subject:
+        raise ApiError(403, "a user sees only its own positions")
+    return principal.subject

@@ -1,0 +1,183 @@
+"""Command handlers: load the position's stream, let the domain decide, append what it decided.
+
+An append states the version the decision was made on. If another writer got there first the
+command is decided again on the new state (every position command is safe to re-decide: the
+domain refuses what no longer makes sense, e.g. closing what is now closed). A caller that named
+the version it expects (If-Match) is never re-decided for: it gets StalePosition.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from domain.commands import Command, OpenPosition, UpdateMarketPrices
+from domain.errors import DomainError, PositionNotFound
+from domain.events import Event, event_from
+from domain.position import Position, decide, decide_market_prices, fold
+from eventstore import (
+    EventStore,
+    ExpectedVersion,
+    NewEvent,
+    RecordedEvent,
+    StreamAppend,
+    WrongExpectedVersion,
+)
+
+from .errors import StalePosition, TooMuchContention
+
+CATEGORY = "position"
+MARKET_STREAM = "market-prices"
+RETRIES = 5
+
+Metadata = dict[str, Any]
+"""Who asked, from where, in answer to what: written with every event the command records."""
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    state: Position | None
+    """The position after the command (None only if it never existed)."""
+    recorded: list[RecordedEvent]
+    """What was appended; empty when the command changed nothing."""
+
+
+def stream_of(position_id: UUID) -> str:
+    return f"{CATEGORY}-{position_id}"
+
+
+class PositionHandlers:
+    def __init__(self, store: EventStore) -> None:
+        self._store = store
+
+    async def load(
+        self,
+        position_id: UUID,
+        connection: asyncpg.Connection | None = None,
+        *,
+        owner: str | None = None,
+    ) -> Position | None:
+        """The position as its events tell it; another owner's position does not exist for you."""
+        recorded = await self._store.read_stream(stream_of(position_id), connection=connection)
+        state = fold(event_from(e.event_type, e.data) for e in recorded)
+        if owner is not None and state is not None and state.owner != owner:
+            raise PositionNotFound()
+        return state
+
+    async def handle(
+        self,
+        position_id: UUID,
+        command: Command,
+        metadata: Metadata,
+        *,
+        expected_version: int | None = None,
+        owner: str | None = None,
+        connection: asyncpg.Connection | None = None,
+    ) -> Outcome:
+        """Decide and record `command`; with `owner`, only on a position of that owner."""
+        for attempt in range(RETRIES):
+            # A new position's id was just made: there is nothing to load the first time.
+            fresh = isinstance(command, OpenPosition) and attempt == 0
+            state = None if fresh else await self.load(position_id, connection, owner=owner)
+            if expected_version is not None and _version(state) != expected_version:
+                raise StalePosition(expected_version, _version(state))
+            events = decide(command, state)
+            if not events:
+                return Outcome(state, [])
+            try:
+                recorded = await self._store.append(
+                    stream_of(position_id), _new_events(events, metadata), _version(state),
+                    connection=connection,
+                )
+            except WrongExpectedVersion as conflict:
+                if expected_version is not None:
+                    raise StalePosition(expected_version, conflict.actual) from conflict
+                continue
+            return Outcome(fold(events, state), recorded)
+        raise TooMuchContention()
+
+    async def handle_atomically(
+        self,
+        commands: Sequence[tuple[UUID, Command]],
+        metadata: Metadata,
+        *,
+        owner: str | None = None,
+        connection: asyncpg.Connection | None = None,
+    ) -> list[Outcome]:
+        """Every command, or none: one atomic append over all the positions' streams.
+
+        Raises AtomicFailure listing each refused command when the domain refuses any of them.
+        """
+        for _ in range(RETRIES):
+            states, decisions, failures = [], [], {}
+            for position_id, command in commands:
+                try:
+                    state = await self.load(position_id, connection, owner=owner)
+                    states.append(state)
+                    decisions.append(decide(command, state))
+                except DomainError as refusal:
+                    failures[position_id] = refusal
+            if failures:
+                raise AtomicFailure(failures)
+            appends = [
+                StreamAppend(stream_of(position_id), _new_events(events, metadata), _version(state))
+                for (position_id, _), state, events in zip(commands, states, decisions)
+                if events
+            ]
+            try:
+                recorded = (
+                    await self._store.append_streams(appends, connection=connection)
+                    if appends else []
+                )
+            except WrongExpectedVersion:
+                continue
+            by_stream: dict[str, list[RecordedEvent]] = {}
+            for event in recorded:
+                by_stream.setdefault(event.stream_id, []).append(event)
+            return [
+                Outcome(fold(events, state), by_stream.get(stream_of(position_id), []))
+                for (position_id, _), state, events in zip(commands, states, decisions)
+            ]
+        raise TooMuchContention()
+
+    async def update_market_prices(
+        self,
+        command: UpdateMarketPrices,
+        metadata: Metadata,
+        *,
+        connection: asyncpg.Connection | None = None,
+    ) -> list[RecordedEvent]:
+        events = decide_market_prices(command)
+        return await self._store.append(
+            MARKET_STREAM, _new_events(events, metadata), ExpectedVersion.ANY,
+            connection=connection,
+        )
+
+
+class AtomicFailure(Exception):
+    """An all-or-nothing batch in which the domain refused some commands: nothing was recorded."""
+
+    def __init__(self, failures: dict[UUID, DomainError]) -> None:
+        self.failures = failures
+        super().__init__(f"{len(failures)} of the commands were refused; nothing was recorded")
+
+
+def _version(state: Position | None) -> int:
+    return ExpectedVersion.NO_STREAM if state is None else state.version
+
+
+def _new_events(events: Sequence[Event], metadata: Metadata) -> list[NewEvent]:
+    return [
+        NewEvent(
+            event_id=uuid.uuid4(),
+            event_type=type(event).__name__,
+            data=event,
+            metadata=metadata,
+            schema_version=event.SCHEMA_VERSION,
+        )
+        for event in events
+    ]

@@ -1,0 +1,247 @@
+"""Read-side queries over the read models, answering in the shapes the API returns."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from domain import portfolio
+from domain.events import Side
+
+NO_STRATEGY = "(none)"
+"""The `by_strategy` key of positions without a strategy."""
+
+
+class PositionView(msgspec.Struct, kw_only=True):
+    id: UUID
+    owner: str
+    symbol: str
+    side: Side
+    quantity: Decimal
+    entry_price: Decimal
+    current_price: Decimal | None
+    stop_loss: Decimal | None
+    take_profit: Decimal | None
+    strategy: str | None
+    notes: str | None
+    status: str
+    market_value: Decimal
+    unrealized_pnl: Decimal
+    unrealized_pnl_pct: Decimal | None
+    realized_pnl: Decimal
+    closed_quantity: Decimal
+    exit_price: Decimal | None
+    opened_at: datetime | None
+    closed_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+def position_view(row: asyncpg.Record | dict[str, Any]) -> PositionView:
+    quantity, entry, price = row["quantity"], row["entry_price"], row["current_price"]
+    unrealized = portfolio.unrealized_pnl(row["side"], quantity, entry, price)
+    return PositionView(
+        id=row["position_id"],
+        owner=row["owner"],
+        symbol=row["symbol"],
+        side=row["side"],
+        quantity=quantity,
+        entry_price=entry,
+        current_price=price,
+        stop_loss=row["stop_loss"],
+        take_profit=row["take_profit"],
+        strategy=row["strategy"],
+        notes=row["notes"],
+        status=row["status"],
+        market_value=portfolio.market_value(quantity, price, entry),
+        unrealized_pnl=unrealized,
+        unrealized_pnl_pct=portfolio.unrealized_pnl_pct(unrealized, entry, quantity),
+        realized_pnl=row["realized_pnl"],
+        closed_quantity=row["closed_quantity"],
+        exit_price=row["exit_price"],
+        opened_at=row["opened_at"],
+        closed_at=row["closed_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        version=row["version"],
+    )
+
+
+_SELECT_POSITION = "SELECT * FROM positions WHERE position_id = $1 AND ($2::text IS NULL OR owner = $2)"
+
+_LIST = """
+SELECT *, count(*) OVER () AS total FROM positions
+WHERE ($1::text IS NULL OR owner = $1)
+  AND ($2::text IS NULL OR status = $2)
+  AND ($3::text IS NULL OR symbol = $3)
+  AND ($4::text IS NULL OR strategy = $4)
+  AND ($5::text IS NULL OR side = $5)
+ORDER BY created_at DESC, position_id DESC
+LIMIT $6 OFFSET $7
+"""
+
+_COUNT = """
+SELECT count(*) FROM positions
+WHERE ($1::text IS NULL OR owner = $1)
+  AND ($2::text IS NULL OR status = $2)
+  AND ($3::text IS NULL OR symbol = $3)
+  AND ($4::text IS NULL OR strategy = $4)
+  AND ($5::text IS NULL OR side = $5)
+"""
+
+
+async def get_position(
+    connection: asyncpg.Connection | asyncpg.Pool, position_id: UUID, owner: str | None
+) -> PositionView | None:
+    """The position, if it exists and (when `owner` is given) belongs to that owner."""
+    row = await connection.fetchrow(_SELECT_POSITION, position_id, owner)
+    return None if row is None else position_view(row)
+
+
+class PositionFilter(msgspec.Struct, frozen=True, kw_only=True):
+    owner: str | None = None
+    status: str | None = None
+    symbol: str | None = None
+    strategy: str | None = None
+    side: str | None = None
+
+
+async def list_positions(
+    connection: asyncpg.Connection | asyncpg.Pool, where: PositionFilter, limit: int, offset: int
+) -> tuple[list[PositionView], int]:
+    """A page of positions, newest first, and how many match in all."""
+    arguments = (where.owner, where.status, where.symbol, where.strategy, where.side)
+    rows = await connection.fetch(_LIST, *arguments, limit, offset)
+    if rows:
+        total = rows[0]["total"]
+    else:
+        total = await connection.fetchval(_COUNT, *arguments)
+    return [position_view(row) for row in rows], total
+
+
+async def current_price(connection: asyncpg.Connection | asyncpg.Pool, position_id: UUID) -> Decimal | None:
+    return await connection.fetchval(
+        "SELECT current_price FROM positions WHERE position_id = $1", position_id
+    )
+
+
+async def count_open(connection: asyncpg.Connection | asyncpg.Pool, symbols: list[str]) -> int:
+    return await connection.fetchval(
+        "SELECT count(*) FROM positions WHERE status = 'open' AND symbol = ANY ($1)", symbols
+    )
+
+
+# -- portfolio summary -------------------------------------------------------------------------
+
+# Per-row figures as domain/portfolio.py defines them, summed per book, symbol and strategy in one
+# pass. A trade is a position closed after it was filled (a cancelled order closed nothing).
+_SUMMARY = """
+WITH book AS (
+    SELECT symbol, coalesce(strategy, $3) AS strategy, status, side, realized_pnl,
+           status = 'closed' AND closed_quantity > 0 AS is_trade,
+           CASE WHEN status = 'open' THEN quantity * coalesce(current_price, entry_price) END
+               AS market_value,
+           CASE WHEN status = 'open' AND current_price IS NOT NULL
+                THEN (current_price - entry_price) * (CASE side WHEN 'long' THEN quantity ELSE -quantity END)
+                ELSE 0 END AS unrealized_pnl,
+           coalesce(current_price, entry_price) AS mark,
+           current_price IS NULL AS unpriced,
+           stop_loss, take_profit
+    FROM positions
+    WHERE $1::text IS NULL OR owner = $1
+)
+SELECT grouping(symbol) AS all_symbols, grouping(strategy) AS all_strategies, symbol, strategy,
+       count(*) AS total_positions,
+       count(*) FILTER (WHERE status = 'open') AS open_positions,
+       count(*) FILTER (WHERE status = 'closed') AS closed_positions,
+       count(*) FILTER (WHERE status = 'pending') AS pending_positions,
+       count(*) FILTER (WHERE status = 'open' AND side = 'long') AS long_positions,
+       count(*) FILTER (WHERE status = 'open' AND side = 'short') AS short_positions,
+       count(*) FILTER (WHERE status = 'open' AND unpriced) AS unpriced_positions,
+       coalesce(sum(market_value), 0) AS total_market_value,
+       coalesce(max(market_value), 0) AS largest_market_value,
+       coalesce(sum(market_value) FILTER (WHERE side = 'long'), 0) AS long_exposure,
+       coalesce(-sum(market_value) FILTER (WHERE side = 'short'), 0) AS short_exposure,
+       sum(unrealized_pnl) AS total_unrealized_pnl,
+       sum(realized_pnl) AS total_realized_pnl,
+       count(*) FILTER (WHERE is_trade) AS trades,
+       count(*) FILTER (WHERE is_trade AND realized_pnl > 0) AS winning_trades,
+       coalesce(sum(realized_pnl) FILTER (WHERE is_trade AND realized_pnl > 0), 0) AS gross_profit,
+       coalesce(sum(realized_pnl) FILTER (WHERE is_trade AND realized_pnl < 0), 0) AS gross_loss,
+       count(*) FILTER (WHERE status = 'open' AND stop_loss IS NOT NULL AND
+           (CASE side WHEN 'long' THEN mark - stop_loss ELSE stop_loss - mark END)
+               <= mark * $2 / 100) AS positions_at_risk,
+       count(*) FILTER (WHERE status = 'open' AND take_profit IS NOT NULL AND
+           (CASE side WHEN 'long' THEN take_profit - mark ELSE mark - take_profit END)
+               <= mark * $2 / 100) AS positions_near_target
+FROM book
+GROUP BY GROUPING SETS ((), (symbol), (strategy))
+"""
+
+_COUNTS = (
+    "total_positions", "open_positions", "closed_positions", "pending_positions",
+    "long_positions", "short_positions", "unpriced_positions", "positions_at_risk",
+    "positions_near_target",
+)
+
+
+def _figures(row: asyncpg.Record) -> dict[str, Any]:
+    """The sums and counts of one group, and what follows from them."""
+    figures: dict[str, Any] = {name: row[name] for name in _COUNTS}
+    long_exposure, short_exposure = row["long_exposure"], row["short_exposure"]
+    unrealized, realized = row["total_unrealized_pnl"] or 0, row["total_realized_pnl"] or 0
+    figures.update(
+        total_market_value=row["total_market_value"],
+        long_exposure=long_exposure,
+        short_exposure=short_exposure,
+        net_exposure=long_exposure + short_exposure,
+        gross_exposure=long_exposure + abs(short_exposure),
+        total_unrealized_pnl=Decimal(unrealized),
+        total_realized_pnl=Decimal(realized),
+        total_pnl=Decimal(unrealized) + Decimal(realized),
+        closed_trades=row["trades"],
+        winning_trades=row["winning_trades"],
+        win_rate=portfolio.win_rate(row["winning_trades"], row["trades"]),
+        profit_factor=portfolio.profit_factor(row["gross_profit"], row["gross_loss"]),
+        largest_position_pct=portfolio.percent(
+            row["largest_market_value"], row["total_market_value"]
+        ) or portfolio.ZERO,
+    )
+    return figures
+
+
+async def portfolio_summary(
+    connection: asyncpg.Connection | asyncpg.Pool, owner: str | None, risk_proximity_pct: Decimal
+) -> dict[str, Any]:
+    """The figures of DOMAIN.md over `owner`'s positions, or over the whole book for None."""
+    rows = await connection.fetch(_SUMMARY, owner, risk_proximity_pct, NO_STRATEGY)
+    summary: dict[str, Any] = _figures_of_empty_book()
+    by_symbol: dict[str, Any] = {}
+    by_strategy: dict[str, Any] = {}
+    for row in rows:
+        if row["all_symbols"] and row["all_strategies"]:
+            summary = _figures(row)
+        elif not row["all_symbols"]:
+            by_symbol[row["symbol"]] = _figures(row)
+        else:
+            by_strategy[row["strategy"]] = _figures(row)
+    summary["by_symbol"] = dict(sorted(by_symbol.items()))
+    summary["by_strategy"] = dict(sorted(by_strategy.items()))
+    return summary
+
+
+def _figures_of_empty_book() -> dict[str, Any]:
+    zero = portfolio.ZERO
+    return {
+        **{name: 0 for name in _COUNTS},
+        "total_market_value": zero, "long_exposure": zero, "short_exposure": zero,
+        "net_exposure": zero, "gross_exposure": zero, "total_unrealized_pnl": zero,
+        "total_realized_pnl": zero, "total_pnl": zero, "closed_trades": 0, "winning_trades": 0,
+        "win_rate": zero, "profit_factor": zero, "largest_position_pct": zero,
+    }
