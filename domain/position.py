@@ -71,7 +71,8 @@ class Position(msgspec.Struct, frozen=True, kw_only=True):
     entry_price: Decimal
     """The average price of what is open."""
     current_price: Decimal | None
-    """The last price set on this position itself (market prices live in the read model)."""
+    """The last price set on this position itself: its last mark, or its closing price.
+    Market prices for the symbol live in the read model."""
     stop_loss: Decimal | None
     take_profit: Decimal | None
     strategy: str | None
@@ -119,7 +120,8 @@ def evolve(state: Position | None, event: Event) -> Position:
                 return _next(state, event, quantity=state.quantity - quantity,
                              **_closing(state, quantity, price, pnl))
             case PositionClosedEvent(quantity=quantity, price=price, realized_pnl=pnl):
-                return _next(state, event, status="closed", quantity=ZERO,
+                # A closed position keeps the price it last traded at.
+                return _next(state, event, status="closed", quantity=ZERO, current_price=price,
                              exit_price=event.exit_price, closed_at=event.at,
                              **_closing(state, quantity, price, pnl))
             case PositionCancelled():

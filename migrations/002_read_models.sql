@@ -8,8 +8,12 @@ CREATE TABLE positions (
     status          text        NOT NULL CHECK (status IN ('pending', 'open', 'closed')),
     quantity        numeric     NOT NULL,
     entry_price     numeric     NOT NULL,
-    -- The latest of the position's own marks and its symbol's market prices; NULL until one.
+    -- The last price set on the position itself (a mark, or its closing price), and the log
+    -- position (tx_id, global_position) of the event that set it. Reads show the later, in log
+    -- order, of this and the symbol's market price: the answer cannot depend on commit order.
     current_price   numeric,
+    mark_tx         bigint,
+    mark_position   bigint,
     stop_loss       numeric,
     take_profit     numeric,
     strategy        text,
@@ -31,9 +35,11 @@ CREATE INDEX positions_newest ON positions (created_at DESC, position_id DESC);
 CREATE INDEX positions_owner_newest ON positions (owner, created_at DESC, position_id DESC);
 CREATE INDEX positions_open_by_symbol ON positions (symbol) WHERE status = 'open';
 
+-- The latest market price of each symbol, in log order.
 CREATE TABLE market_prices (
     symbol     text        PRIMARY KEY,
     price      numeric     NOT NULL,
     updated_at timestamptz NOT NULL,
+    tx_id      bigint      NOT NULL,
     last_event bigint      NOT NULL
 );

@@ -6,19 +6,21 @@ the store runs it inside each append's transaction (so a read after a command se
 and the catch-up runner feeds it the whole log to rebuild. A batch costs a few statements however
 many events it holds: rows are loaded together, folded in memory and written back together.
 
-Market prices are set-based: one event re-marks every open position of its symbols in one UPDATE.
+Inline, transactions apply their events in commit order, a rebuild in log order; the two must
+give the same tables. So nothing here reads one stream's state to change another's: a market
+price is one row per symbol, a position's own mark is kept with its log position, and reads show
+whichever of the two is later in the log (see queries.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import Decimal
 from uuid import UUID
 
 import asyncpg
 import msgspec
 
-from domain.events import MarketPricesUpdated, PositionOpened, event_from
+from domain.events import MarketPricesUpdated, PositionClosed, PositionMarked, event_from
 from domain.position import Position, evolve
 from eventstore import RecordedEvent
 
@@ -37,32 +39,31 @@ _TYPES = {
 }
 _FIELDS = list(_TYPES)
 assert set(_FIELDS) == set(Position.__struct_fields__) - {"deleted"}
+# Besides the domain's fields: the log position of the event that set current_price, and of the
+# last event applied.
+_BOOKKEEPING = {"mark_tx": "bigint", "mark_position": "bigint", "last_event": "bigint"}
+_COLUMNS = [*_FIELDS, *_BOOKKEEPING]
 
-_LOAD = f"SELECT {', '.join(_FIELDS)} FROM positions WHERE position_id = ANY ($1)"
+_LOAD = f"SELECT {', '.join(_COLUMNS)} FROM positions WHERE position_id = ANY ($1)"
 
 _SAVE = f"""
-INSERT INTO positions ({", ".join(_FIELDS)}, last_event)
-SELECT * FROM unnest({", ".join(f"${i}::{t}[]" for i, t in enumerate(_TYPES.values(), 1))},
-                     ${len(_TYPES) + 1}::bigint[])
+INSERT INTO positions ({", ".join(_COLUMNS)})
+SELECT * FROM unnest({", ".join(
+    f"${i}::{t}[]" for i, t in enumerate([*_TYPES.values(), *_BOOKKEEPING.values()], 1))})
 ON CONFLICT (position_id) DO UPDATE SET
-    {", ".join(f"{f} = excluded.{f}" for f in _FIELDS[1:])}, last_event = excluded.last_event
+    {", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:])}
 """
 
 _DELETE = "DELETE FROM positions WHERE position_id = ANY ($1)"
 
-_LOAD_MARKET_PRICES = "SELECT symbol, price FROM market_prices WHERE symbol = ANY ($1)"
-
+# Kept only if it is later in the log than the price already there, whatever the commit order.
 _SAVE_MARKET_PRICES = """
-INSERT INTO market_prices (symbol, price, updated_at, last_event)
-SELECT symbol, price, $3, $4 FROM unnest($1::text[], $2::numeric[]) AS p(symbol, price)
+INSERT INTO market_prices AS m (symbol, price, updated_at, tx_id, last_event)
+SELECT symbol, price, $3, $4, $5 FROM unnest($1::text[], $2::numeric[]) AS p(symbol, price)
 ON CONFLICT (symbol) DO UPDATE
-    SET price = excluded.price, updated_at = excluded.updated_at, last_event = excluded.last_event
-"""
-
-_REMARK_OPEN = """
-UPDATE positions AS p SET current_price = m.price, last_event = $3
-FROM unnest($1::text[], $2::numeric[]) AS m(symbol, price)
-WHERE p.symbol = m.symbol AND p.status = 'open'
+    SET price = excluded.price, updated_at = excluded.updated_at, tx_id = excluded.tx_id,
+        last_event = excluded.last_event
+    WHERE (m.tx_id, m.last_event) < (excluded.tx_id, excluded.last_event)
 """
 
 
@@ -79,80 +80,68 @@ async def project_positions(connection: asyncpg.Connection, events: Sequence[Rec
     batch = await _Batch.load(connection, events)
     for recorded in events:
         if recorded.stream_id == MARKET_STREAM:
-            await batch.flush()
-            await batch.apply_market_prices(recorded)
+            await _save_market_prices(connection, recorded)
         elif recorded.stream_id.startswith(CATEGORY + "-"):
             batch.apply(recorded)
     await batch.flush()
 
 
+class _Row(msgspec.Struct):
+    state: Position
+    mark_tx: int | None
+    mark_position: int | None
+    last_event: int
+
+
 class _Batch:
     def __init__(self, connection: asyncpg.Connection) -> None:
         self.connection = connection
-        self.rows: dict[UUID, Position] = {}
-        self.changed: dict[UUID, int] = {}  # position id -> log position of its last event
-        self.market_prices: dict[str, Decimal] = {}
+        self.rows: dict[UUID, _Row] = {}
+        self.changed: set[UUID] = set()
 
     @classmethod
     async def load(cls, connection: asyncpg.Connection, events: Sequence[RecordedEvent]) -> _Batch:
-        """Everything the batch reads, in two queries: its existing rows and the prices it needs."""
+        """The existing rows the batch changes, in one query."""
         batch = cls(connection)
-        opened: set[UUID] = set()
-        existing: set[UUID] = set()
-        symbols: set[str] = set()
-        for recorded in events:
-            if not recorded.stream_id.startswith(CATEGORY + "-"):
-                continue
-            position_id = position_id_of(recorded.stream_id)
-            if recorded.event_type == PositionOpened.__name__:
-                opened.add(position_id)
-                symbols.add(recorded.data["symbol"])
-            elif position_id not in opened:
-                existing.add(position_id)
-        if existing:
-            for row in await connection.fetch(_LOAD, list(existing)):
-                batch.rows[row["position_id"]] = Position(**dict(row))
-        if symbols:
-            for row in await connection.fetch(_LOAD_MARKET_PRICES, list(symbols)):
-                batch.market_prices[row["symbol"]] = row["price"]
+        ids = {
+            position_id_of(e.stream_id) for e in events if e.stream_id.startswith(CATEGORY + "-")
+        }
+        if ids:
+            for row in await connection.fetch(_LOAD, list(ids)):
+                values = dict(row)
+                bookkeeping = {name: values.pop(name) for name in _BOOKKEEPING}
+                batch.rows[row["position_id"]] = _Row(Position(**values), **bookkeeping)
         return batch
 
     def apply(self, recorded: RecordedEvent) -> None:
         position_id = position_id_of(recorded.stream_id)
         event = event_from(recorded.event_type, recorded.data)
-        state = evolve(self.rows.get(position_id), event)
-        if isinstance(event, PositionOpened):
-            # A known market price applies from the start: the position is priced at once.
-            state = msgspec.structs.replace(
-                state, current_price=self.market_prices.get(state.symbol)
-            )
-        self.rows[position_id] = state
-        self.changed[position_id] = recorded.global_position
-
-    async def apply_market_prices(self, recorded: RecordedEvent) -> None:
-        event = event_from(recorded.event_type, recorded.data)
-        assert isinstance(event, MarketPricesUpdated)
-        symbols, prices = list(event.prices), list(event.prices.values())
-        await self.connection.execute(
-            _SAVE_MARKET_PRICES, symbols, prices, event.at, recorded.global_position
-        )
-        await self.connection.execute(_REMARK_OPEN, symbols, prices, recorded.global_position)
-        self.market_prices.update(event.prices)
-        # The same re-mark on the rows held in memory, which later events of the batch fold on.
-        for position_id, state in self.rows.items():
-            if state.status == "open" and state.symbol in event.prices:
-                self.rows[position_id] = msgspec.structs.replace(
-                    state, current_price=event.prices[state.symbol]
-                )
+        row = self.rows.get(position_id)
+        state = evolve(row.state if row else None, event)
+        if row is None:
+            row = self.rows[position_id] = _Row(state, None, None, recorded.global_position)
+        row.state, row.last_event = state, recorded.global_position
+        if isinstance(event, (PositionMarked, PositionClosed)):
+            row.mark_tx, row.mark_position = recorded.tx_id, recorded.global_position
+        self.changed.add(position_id)
 
     async def flush(self) -> None:
         changed = [self.rows[position_id] for position_id in self.changed]
-        live = [s for s in changed if not s.deleted]
-        deleted = [s.position_id for s in changed if s.deleted]
+        live = [row for row in changed if not row.state.deleted]
+        deleted = [row.state.position_id for row in changed if row.state.deleted]
         if live:
-            columns = [[getattr(s, f) for s in live] for f in _FIELDS]
-            columns.append([self.changed[s.position_id] for s in live])
+            columns = [[getattr(row.state, f) for row in live] for f in _FIELDS]
+            columns += [[getattr(row, name) for row in live] for name in _BOOKKEEPING]
             await self.connection.execute(_SAVE, *columns)
         if deleted:
             await self.connection.execute(_DELETE, deleted)
         self.changed.clear()
+
+
+async def _save_market_prices(connection: asyncpg.Connection, recorded: RecordedEvent) -> None:
+    event = event_from(recorded.event_type, recorded.data)
+    assert isinstance(event, MarketPricesUpdated)
+    await connection.execute(
+        _SAVE_MARKET_PRICES, list(event.prices), list(event.prices.values()), event.at,
+        recorded.tx_id, recorded.global_position,
+    )

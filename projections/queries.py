@@ -44,8 +44,10 @@ class PositionView(msgspec.Struct, kw_only=True):
 
 
 def position_view(row: asyncpg.Record | dict[str, Any]) -> PositionView:
-    quantity, entry, price = row["quantity"], row["entry_price"], row["current_price"]
-    unrealized = portfolio.unrealized_pnl(row["side"], quantity, entry, price)
+    """A row selected with _PRICED: `price` is the position's price as of now."""
+    quantity, entry, price = row["quantity"], row["entry_price"], row["price"]
+    held = quantity if row["status"] == "open" else portfolio.ZERO  # nothing is held otherwise
+    unrealized = portfolio.unrealized_pnl(row["side"], held, entry, price)
     return PositionView(
         id=row["position_id"],
         owner=row["owner"],
@@ -73,16 +75,29 @@ def position_view(row: asyncpg.Record | dict[str, Any]) -> PositionView:
     )
 
 
-_SELECT_POSITION = "SELECT * FROM positions WHERE position_id = $1 AND ($2::text IS NULL OR owner = $2)"
+# A position's price now: its own (a mark, or the price it closed at) or its symbol's market price,
+# whichever came later in the log. A closed position keeps its own.
+_PRICE = """
+CASE WHEN p.status <> 'closed' AND m.price IS NOT NULL
+          AND (p.mark_tx IS NULL OR (m.tx_id, m.last_event) > (p.mark_tx, p.mark_position))
+     THEN m.price ELSE p.current_price END
+"""
+_FROM = "positions p LEFT JOIN market_prices m USING (symbol)"
+_PRICED = f"SELECT p.*, {_PRICE} AS price FROM {_FROM}"
 
-_LIST = """
-SELECT *, count(*) OVER () AS total FROM positions
-WHERE ($1::text IS NULL OR owner = $1)
-  AND ($2::text IS NULL OR status = $2)
-  AND ($3::text IS NULL OR symbol = $3)
-  AND ($4::text IS NULL OR strategy = $4)
-  AND ($5::text IS NULL OR side = $5)
-ORDER BY created_at DESC, position_id DESC
+_SELECT_POSITION = f"""
+{_PRICED}
+WHERE p.position_id = $1 AND ($2::text IS NULL OR p.owner = $2)
+"""
+
+_LIST = f"""
+SELECT p.*, {_PRICE} AS price, count(*) OVER () AS total FROM {_FROM}
+WHERE ($1::text IS NULL OR p.owner = $1)
+  AND ($2::text IS NULL OR p.status = $2)
+  AND ($3::text IS NULL OR p.symbol = $3)
+  AND ($4::text IS NULL OR p.strategy = $4)
+  AND ($5::text IS NULL OR p.side = $5)
+ORDER BY p.created_at DESC, p.position_id DESC
 LIMIT $6 OFFSET $7
 """
 
@@ -125,9 +140,12 @@ async def list_positions(
     return [position_view(row) for row in rows], total
 
 
-async def current_price(connection: asyncpg.Connection | asyncpg.Pool, position_id: UUID) -> Decimal | None:
+async def current_price(
+    connection: asyncpg.Connection | asyncpg.Pool, position_id: UUID
+) -> Decimal | None:
+    """The position's price now (see _PRICE); None when it has none or does not exist."""
     return await connection.fetchval(
-        "SELECT current_price FROM positions WHERE position_id = $1", position_id
+        f"SELECT price FROM ({_PRICED}) AS priced WHERE position_id = $1", position_id
     )
 
 
@@ -141,20 +159,23 @@ async def count_open(connection: asyncpg.Connection | asyncpg.Pool, symbols: lis
 
 # Per-row figures as domain/portfolio.py defines them, summed per book, symbol and strategy in one
 # pass. A trade is a position closed after it was filled (a cancelled order closed nothing).
-_SUMMARY = """
-WITH book AS (
+_SUMMARY = f"""
+WITH priced AS (
+    {_PRICED}
+    WHERE $1::text IS NULL OR p.owner = $1
+),
+book AS (
     SELECT symbol, coalesce(strategy, $3) AS strategy, status, side, realized_pnl,
            status = 'closed' AND closed_quantity > 0 AS is_trade,
-           CASE WHEN status = 'open' THEN quantity * coalesce(current_price, entry_price) END
+           CASE WHEN status = 'open' THEN quantity * coalesce(price, entry_price) END
                AS market_value,
-           CASE WHEN status = 'open' AND current_price IS NOT NULL
-                THEN (current_price - entry_price) * (CASE side WHEN 'long' THEN quantity ELSE -quantity END)
+           CASE WHEN status = 'open' AND price IS NOT NULL
+                THEN (price - entry_price) * (CASE side WHEN 'long' THEN quantity ELSE -quantity END)
                 ELSE 0 END AS unrealized_pnl,
-           coalesce(current_price, entry_price) AS mark,
-           current_price IS NULL AS unpriced,
+           coalesce(price, entry_price) AS mark,
+           price IS NULL AS unpriced,
            stop_loss, take_profit
-    FROM positions
-    WHERE $1::text IS NULL OR owner = $1
+    FROM priced
 )
 SELECT grouping(symbol) AS all_symbols, grouping(strategy) AS all_strategies, symbol, strategy,
        count(*) AS total_positions,
