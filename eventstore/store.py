@@ -113,6 +113,10 @@ ORDER BY tx_id DESC, global_position DESC
 LIMIT 1
 """
 
+_NEWEST = """
+SELECT tx_id, global_position FROM events ORDER BY tx_id DESC, global_position DESC LIMIT 1
+"""
+
 _READ_STREAM_FORWARD = f"""
 SELECT {_COLUMNS} FROM events
 WHERE stream_id = $1 AND stream_version >= $2
@@ -328,8 +332,16 @@ class EventStore:
                     await _wait(wake, self._poll_interval)
 
     async def head(self) -> Position:
-        """The last final position of the log (START when empty)."""
+        """The last final position of the log (START when empty): readers can go this far now."""
         row = await self._pool.fetchrow(_HEAD)
+        return Position(row["tx_id"], row["global_position"]) if row else START
+
+    async def newest(self) -> Position:
+        """The position of the newest committed event, final or not (START when empty).
+
+        Readers reach it once every transaction older than its own has ended.
+        """
+        row = await self._pool.fetchrow(_NEWEST)
         return Position(row["tx_id"], row["global_position"]) if row else START
 
     async def position_of(self, global_position: int) -> Position:

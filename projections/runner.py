@@ -9,6 +9,7 @@ keep serving meanwhile and the two can be compared row by row.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -20,6 +21,7 @@ from .positions import TABLES
 
 Projector = Callable[[asyncpg.Connection, Sequence[RecordedEvent]], Awaitable[None]]
 
+_HELD_BACK_PAUSE = 0.02  # seconds between looks while an older transaction holds readers back
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
@@ -38,19 +40,29 @@ async def catch_up(
     schema: str | None = None,
     batch_size: int = 1000,
 ) -> int:
-    """Apply every event after `subscriber`'s checkpoint; returns how many were applied."""
+    """Apply every event committed before the call (and any after it met on the way), once.
+
+    The log is final only below the oldest open transaction; when one holds readers back, this
+    waits for it rather than stop short of events that were committed before it started.
+    """
     applied = 0
+    goal = await store.newest()
     async with pool.acquire() as connection:
         position = await load_checkpoint(connection, subscriber)
-        async for batch in store.read_all(position, batch_size=batch_size):
-            async with connection.transaction():
-                if schema is not None:
-                    await connection.execute(f"SET LOCAL search_path TO {_schema(schema)}, public")
-                await project(connection, batch)
-                await save_checkpoint(connection, subscriber, position, batch[-1].position)
-            position = batch[-1].position
-            applied += len(batch)
-    return applied
+        while True:
+            async for batch in store.read_all(position, batch_size=batch_size):
+                async with connection.transaction():
+                    if schema is not None:
+                        await connection.execute(
+                            f"SET LOCAL search_path TO {_schema(schema)}, public"
+                        )
+                    await project(connection, batch)
+                    await save_checkpoint(connection, subscriber, position, batch[-1].position)
+                position = batch[-1].position
+                applied += len(batch)
+            if position >= goal:
+                return applied
+            await asyncio.sleep(_HELD_BACK_PAUSE)
 
 
 async def rebuild_into(

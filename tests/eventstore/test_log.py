@@ -64,6 +64,24 @@ async def test_head_is_the_last_final_position(store: EventStore) -> None:
     assert await store.head() == last[0].position
 
 
+async def test_newest_is_the_last_committed_event_even_when_not_yet_final(
+    store: EventStore, pool: asyncpg.Pool
+) -> None:
+    first = await store.append(new_stream(), [new_event()])
+    blocker = await pool.acquire()
+    try:
+        await blocker.execute("BEGIN")
+        await blocker.fetchval("SELECT pg_current_xact_id()")
+        later = await store.append(new_stream(), [new_event()])
+
+        assert await store.newest() == later[0].position
+        assert await store.head() == first[0].position
+    finally:
+        await blocker.execute("ROLLBACK")
+        await pool.release(blocker)
+    assert await store.head() == later[0].position
+
+
 class Held:
     """An inline projector that keeps chosen appends' transactions open until released."""
 

@@ -154,3 +154,28 @@ async def test_a_rebuild_schema_must_be_a_plain_identifier(
 ) -> None:
     with pytest.raises(ValueError):
         await rebuild_into(pool, live_store, 'x"; DROP TABLE events; --', project_positions)
+
+
+async def test_catch_up_waits_for_events_held_behind_an_older_open_transaction(
+    pool: asyncpg.Pool, live_store: EventStore
+) -> None:
+    await random_workload(PositionHandlers(live_store), seed=5, steps=5)
+    blocker = await pool.acquire()
+    try:
+        # Any transaction holding an id, in any database of the server, holds readers back.
+        await blocker.execute("BEGIN")
+        await blocker.fetchval("SELECT pg_current_xact_id()")
+        await random_workload(PositionHandlers(live_store), seed=6, steps=5)
+
+        rebuilding = asyncio.create_task(
+            rebuild_into(pool, live_store, "rebuilt", project_positions)
+        )
+        await asyncio.sleep(0.3)
+        assert not rebuilding.done(), "the rebuild stopped short of committed events"
+    finally:
+        await blocker.execute("ROLLBACK")
+        await pool.release(blocker)
+    applied = await asyncio.wait_for(rebuilding, 10)
+
+    assert applied == await pool.fetchval("SELECT count(*) FROM events")
+    assert await differences(pool, "rebuilt") == {"positions": 0, "market_prices": 0}
