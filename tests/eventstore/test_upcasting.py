@@ -12,7 +12,7 @@ import pytest
 
 from eventstore import EventStore, NewEvent, Upcasters
 
-from .factories import new_stream
+from .factories import new_stream, settled
 
 
 async def write_old_shape(pool: asyncpg.Pool, stream: str) -> None:
@@ -48,6 +48,7 @@ async def test_old_events_are_upcast_step_by_step_on_every_read_path(
     store = EventStore(pool, upcasters=upcasters)
     try:
         from_stream = (await store.read_stream(stream))[0]
+        await settled(store)
         from_log = [e async for batch in store.read_all() for e in batch][0]
         from_subscription = await asyncio.wait_for(anext(store.subscribe()), 10)
     finally:
