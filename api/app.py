@@ -21,7 +21,7 @@ from .auth import AuthError, AuthSettings, TokenVerifier
 from .config import Settings
 from .context import CorrelationMiddleware
 from .database import apply_migrations, create_pool, resolve_database_url
-from .errors import ApiError, handle_error
+from .errors import ApiError, LastResortMiddleware, handle_error
 from .routes import health, portfolio, positions
 
 
@@ -61,15 +61,13 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
 
     app = Starlette(
         routes=[*health.routes, *positions.routes, *portfolio.routes],
-        middleware=[Middleware(CorrelationMiddleware)],
+        middleware=[Middleware(CorrelationMiddleware), Middleware(LastResortMiddleware)],
         exception_handlers={
-            # Expected refusals: answered, not re-raised.
-            **{kind: handle_error for kind in (
+            # Expected refusals. Anything else reaches LastResortMiddleware: a bare 500.
+            kind: handle_error for kind in (
                 ApiError, AuthError, HTTPException, DomainError, StalePosition,
                 TooMuchContention, AtomicFailure,
-            )},
-            # Anything else: a 500 with no detail; Starlette re-raises it to the server's log.
-            Exception: handle_error,
+            )
         },
         lifespan=lifespan,
     )

@@ -36,9 +36,7 @@ async def run_once(request: Request, caller: str, body: bytes, operation: Operat
     fingerprint = _fingerprint(request, body)
     pool: asyncpg.Pool = request.app.state.services.pool
     async with pool.acquire() as connection, connection.transaction():
-        await connection.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{caller}\x00{key}"
-        )
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", _lock_id(caller, key))
         stored = await connection.fetchrow(
             "SELECT fingerprint, status_code, headers, body FROM idempotency_keys "
             "WHERE caller = $1 AND key = $2",
@@ -66,6 +64,12 @@ async def run_once(request: Request, caller: str, body: bytes, operation: Operat
             caller, key, fingerprint, response.status_code, headers, response.body,
         )
         return response
+
+
+def _lock_id(caller: str, key: str) -> int:
+    """A 64-bit lock id for (caller, key): collisions only make unrelated requests wait."""
+    digest = hashlib.sha256(len(caller).to_bytes(8, "big") + (caller + key).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def _fingerprint(request: Request, body: bytes) -> str:
