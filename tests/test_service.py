@@ -93,10 +93,11 @@ def start_service(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
 
 
 @pytest.fixture
-def service(database_url: str) -> Iterator[str]:
+def service(database_url: str, data_dir: Path) -> Iterator[str]:
     process, base = start_service(
         service_env(
             DATABASE_URL=database_url.replace("postgresql://", "postgresql+asyncpg://"),
+            DATA_DIR=str(data_dir),  # the development secret goes there
             DB_POOL_SIZE="2",
         )
     )
@@ -127,3 +128,42 @@ def test_health_answers_over_a_real_socket(service: str) -> None:
     assert body["status"] == "healthy"
     assert body["database"]["reachable"] is True
     assert body["database"]["latency_ms"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        ({}, "production needs DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://db.example/positions"}, "production needs JWT_SECRET"),
+        ({"DATABASE_URL": "postgresql://db.example/positions", "JWT_SECRET": "short"},
+         "JWT_SECRET"),
+    ],
+    ids=["no database", "no key", "weak secret"],
+)
+def test_production_refuses_to_start_without_its_settings(env: dict[str, str], reason: str) -> None:
+    base = {k: v for k, v in service_env().items() if not k.startswith("JWT_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "api", "serve", "--production"], cwd=PROJECT_ROOT,
+        env={**base, **env}, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert reason in line
+    assert "short" not in line  # a secret never reaches the output
+
+
+def test_the_token_command_mints_a_token_the_service_accepts(database_url: str) -> None:
+    secret = "a-secret-of-at-least-thirty-two-bytes!!"
+    env = service_env(DATABASE_URL=database_url, JWT_SECRET=secret, DB_POOL_SIZE="2")
+    minted = run_cli("token", "--sub", "alice", "--role", "admin", "--ttl", "60", env=env)
+    assert minted.returncode == 0, minted.stderr
+    process, base = start_service(env)
+    try:
+        token = minted.stdout.strip()
+        answer = httpx.get(base + "/positions?owner=bob", headers={"Authorization": f"Bearer {token}"})
+        refused = httpx.get(base + "/positions", headers={"Authorization": f"Bearer {token}x"})
+    finally:
+        process.terminate()
+        process.wait(10)
+    assert answer.status_code == 200  # admin may filter by another owner
+    assert refused.status_code == 401
