@@ -83,8 +83,11 @@ class PositionHandlers:
             # A new position's id was just made: there is nothing to load the first time.
             fresh = isinstance(command, OpenPosition) and attempt == 0
             state = None if fresh else await self.load(position_id, connection, owner=owner)
-            if expected_version is not None and _version(state) != expected_version:
-                raise StalePosition(expected_version, _version(state))
+            if expected_version is not None:
+                if state is None or state.deleted:
+                    raise PositionNotFound()  # before the version: a 412 would tell it exists
+                if state.version != expected_version:
+                    raise StalePosition(expected_version, state.version)
             events = decide(command, state)
             if not events:
                 return Outcome(state, [])
