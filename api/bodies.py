@@ -14,7 +14,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 from starlette.requests import Request
 
-from domain.rules import check_fields
+from domain.rules import check_fields, protective_levels
 
 from . import json
 from .errors import ApiError, field_errors
@@ -111,7 +111,17 @@ def parse_object(data: dict[str, Any], kind: type[Body], location: str = "body")
             values[field.name] = msgspec.convert(data[name], field.type, strict=False)
         except msgspec.ValidationError as error:
             errors.append({"loc": [location, name], "msg": _message(error)})
-    errors += field_errors(check_fields(values), location)
+    rule_errors = check_fields(values)
+    broken = {e.field for e in rule_errors} | {e["loc"][-1] for e in errors}
+    if {"side", "entry_price"} <= values.keys() and not {"side", "entry_price"} & broken:
+        # An opening: stop and target against the entry, with the other errors, all at once.
+        protective_levels(
+            values["side"], values["entry_price"],
+            None if "stop_loss" in broken else values.get("stop_loss"),
+            None if "take_profit" in broken else values.get("take_profit"),
+            rule_errors,
+        )
+    errors += field_errors(rule_errors, location)
     if isinstance(values.get("position_ids"), list) and len(values["position_ids"]) > MAX_BATCH:
         errors.append({"loc": [location, "position_ids"], "msg": f"at most {MAX_BATCH} ids"})
     if errors:

@@ -1,9 +1,10 @@
-"""Idempotency-Key: a retried command gets the first answer and records nothing new.
+"""Each command request runs in one transaction, and once per Idempotency-Key.
 
-The key's answer is stored in the same transaction as the events the command appended, so there
-is no moment where the events exist but the answer does not (or the reverse). Concurrent requests
-with one key queue on a transaction-level advisory lock; the later ones find the stored answer.
-The same key with a different request is refused (422).
+The transaction holds the command's events, its read-model changes and the answer read back from
+them, so the answer always shows what this command did. With an Idempotency-Key the answer is
+stored in that same transaction: there is no moment where the events exist but the answer does
+not (or the reverse). Concurrent requests with one key queue on a transaction-level advisory
+lock; the later ones find the stored answer. The same key with a different request is 422.
 """
 
 from __future__ import annotations
@@ -21,21 +22,21 @@ MAX_KEY_LENGTH = 255
 REPLAYED_HEADER = "idempotent-replayed"
 _KEPT_HEADERS = ("location", "etag", "content-type")
 
-Operation = Callable[[asyncpg.Connection | None], Awaitable[Response]]
+Operation = Callable[[asyncpg.Connection], Awaitable[Response]]
 
 
-async def run_once(request: Request, caller: str, body: bytes, operation: Operation) -> Response:
-    """Run `operation` (given the connection to append on), once per Idempotency-Key."""
+async def run_command(request: Request, caller: str, body: bytes, operation: Operation) -> Response:
+    """Run `operation` on a connection in a transaction of its own, once per Idempotency-Key."""
     key = request.headers.get("idempotency-key")
-    if key is None:
-        return await operation(None)
-    if not 0 < len(key) <= MAX_KEY_LENGTH:
+    if key is not None and not 0 < len(key) <= MAX_KEY_LENGTH:
         raise ApiError(422, "validation failed", [
             {"loc": ["header", "Idempotency-Key"], "msg": f"must be 1-{MAX_KEY_LENGTH} characters"}
         ])
-    fingerprint = _fingerprint(request, body)
     pool: asyncpg.Pool = request.app.state.services.pool
     async with pool.acquire() as connection, connection.transaction():
+        if key is None:
+            return await operation(connection)
+        fingerprint = _fingerprint(request, body)
         await connection.execute("SELECT pg_advisory_xact_lock($1)", _lock_id(caller, key))
         stored = await connection.fetchrow(
             "SELECT fingerprint, status_code, headers, body FROM idempotency_keys "

@@ -4,6 +4,10 @@ An append states the version the decision was made on. If another writer got the
 command is decided again on the new state (every position command is safe to re-decide: the
 domain refuses what no longer makes sense, e.g. closing what is now closed). A caller that named
 the version it expects (If-Match) is never re-decided for: it gets StalePosition.
+
+Given a connection in a transaction, a handler first takes a lock on the position for the rest
+of that transaction, so commands on one position queue instead of racing and deciding again;
+the store's version check still guards against any writer that does not take it.
 """
 
 from __future__ import annotations
@@ -80,8 +84,10 @@ class PositionHandlers:
     ) -> Outcome:
         """Decide and record `command`; with `owner`, only on a position of that owner."""
         for attempt in range(RETRIES):
-            # A new position's id was just made: there is nothing to load the first time.
+            # A new position's id was just made: there is nothing to load (or lock) the first time.
             fresh = isinstance(command, OpenPosition) and attempt == 0
+            if not fresh:
+                await _lock([position_id], connection)
             state = None if fresh else await self.load(position_id, connection, owner=owner)
             if expected_version is not None:
                 if state is None or state.deleted:
@@ -115,6 +121,7 @@ class PositionHandlers:
 
         Raises AtomicFailure listing each refused command when the domain refuses any of them.
         """
+        await _lock(sorted(position_id for position_id, _ in commands), connection)
         for _ in range(RETRIES):
             states, decisions, failures = [], [], {}
             for position_id, command in commands:
@@ -167,6 +174,20 @@ class AtomicFailure(Exception):
     def __init__(self, failures: dict[UUID, DomainError]) -> None:
         self.failures = failures
         super().__init__(f"{len(failures)} of the commands were refused; nothing was recorded")
+
+
+async def _lock(position_ids: Sequence[UUID], connection: asyncpg.Connection | None) -> None:
+    """Queue behind other commands on these positions until the caller's transaction ends.
+
+    Callers that lock several positions in one transaction lock them in sorted order.
+    """
+    if connection is None or not connection.is_in_transaction():
+        return
+    await connection.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(stream_id, 0)) "
+        "FROM unnest($1::text[]) AS stream_id",
+        [stream_of(position_id) for position_id in position_ids],
+    )
 
 
 def _version(state: Position | None) -> int:

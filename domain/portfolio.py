@@ -1,7 +1,8 @@
 """Figures of a position and of a book, as DOMAIN.md defines them. Pure functions of Decimals.
 
 A missing market price is not zero: until one arrives, a position's market value and exposure use
-its entry price and its unrealized P&L is 0.
+its entry price and its unrealized P&L is 0. The sums over a book (exposures, positions at risk)
+are one SQL aggregate in projections/queries.py, so that a large book is summed where it lives.
 """
 
 from __future__ import annotations
@@ -16,18 +17,10 @@ HUNDRED = Decimal(100)
 PERCENT_PLACES = Decimal("0.000001")
 
 
-def mark(current_price: Decimal | None, entry_price: Decimal) -> Decimal:
-    return entry_price if current_price is None else current_price
-
-
 def market_value(quantity: Decimal, current_price: Decimal | None, entry_price: Decimal) -> Decimal:
-    """A size, never negative: quantity x mark."""
+    """A size, never negative: quantity x the price, or x the entry price while unpriced."""
     with rules.exact():
-        return quantity * mark(current_price, entry_price)
-
-
-def exposure(side: Side, value: Decimal) -> Decimal:
-    return value if side == "long" else -value
+        return quantity * (entry_price if current_price is None else current_price)
 
 
 def unrealized_pnl(
@@ -52,26 +45,6 @@ def percent(part: Decimal, whole: Decimal) -> Decimal | None:
 def unrealized_pnl_pct(unrealized: Decimal, entry_price: Decimal, quantity: Decimal) -> Decimal | None:
     with rules.exact():
         return percent(unrealized, entry_price * quantity)
-
-
-def stop_near(side: Side, price: Decimal, stop_loss: Decimal | None, proximity_pct: Decimal) -> bool:
-    """The stop is hit (inclusive) or within `proximity_pct` percent of the price."""
-    if stop_loss is None:
-        return False
-    with rules.exact():
-        distance = price - stop_loss if side == "long" else stop_loss - price
-        return distance <= price * proximity_pct / HUNDRED
-
-
-def target_near(
-    side: Side, price: Decimal, take_profit: Decimal | None, proximity_pct: Decimal
-) -> bool:
-    """The target is hit (inclusive) or within `proximity_pct` percent of the price."""
-    if take_profit is None:
-        return False
-    with rules.exact():
-        distance = take_profit - price if side == "long" else price - take_profit
-        return distance <= price * proximity_pct / HUNDRED
 
 
 def win_rate(winners: int, trades: int) -> Decimal:

@@ -159,6 +159,7 @@ async def count_open(connection: asyncpg.Connection | asyncpg.Pool, symbols: lis
 
 # Per-row figures as domain/portfolio.py defines them, summed per book, symbol and strategy in one
 # pass. A trade is a position closed after it was filled (a cancelled order closed nothing).
+# "Within x percent" is compared without dividing: numeric division would round.
 _SUMMARY = f"""
 WITH priced AS (
     {_PRICED}
@@ -196,11 +197,14 @@ SELECT grouping(symbol) AS all_symbols, grouping(strategy) AS all_strategies, sy
        coalesce(sum(realized_pnl) FILTER (WHERE is_trade AND realized_pnl > 0), 0) AS gross_profit,
        coalesce(sum(realized_pnl) FILTER (WHERE is_trade AND realized_pnl < 0), 0) AS gross_loss,
        count(*) FILTER (WHERE status = 'open' AND stop_loss IS NOT NULL AND
-           (CASE side WHEN 'long' THEN mark - stop_loss ELSE stop_loss - mark END)
-               <= mark * $2 / 100) AS positions_at_risk,
+           (CASE side WHEN 'long' THEN mark - stop_loss ELSE stop_loss - mark END) * 100
+               <= mark * $2) AS positions_at_risk,
        count(*) FILTER (WHERE status = 'open' AND take_profit IS NOT NULL AND
-           (CASE side WHEN 'long' THEN take_profit - mark ELSE mark - take_profit END)
-               <= mark * $2 / 100) AS positions_near_target
+           (CASE side WHEN 'long' THEN take_profit - mark ELSE mark - take_profit END) * 100
+               <= mark * $2) AS positions_near_target,
+       -- The newest event these figures include: read in the same snapshot as the figures.
+       (SELECT global_position FROM events ORDER BY tx_id DESC, global_position DESC LIMIT 1)
+           AS as_of_position
 FROM book
 GROUP BY GROUPING SETS ((), (symbol), (strategy))
 """
@@ -242,7 +246,7 @@ async def portfolio_summary(
 ) -> dict[str, Any]:
     """The figures of DOMAIN.md over `owner`'s positions, or over the whole book for None."""
     rows = await connection.fetch(_SUMMARY, owner, risk_proximity_pct, NO_STRATEGY)
-    summary: dict[str, Any] = _figures_of_empty_book()
+    summary: dict[str, Any] = {}  # the grand total row exists even for an empty book
     by_symbol: dict[str, Any] = {}
     by_strategy: dict[str, Any] = {}
     for row in rows:
@@ -254,15 +258,5 @@ async def portfolio_summary(
             by_strategy[row["strategy"]] = _figures(row)
     summary["by_symbol"] = dict(sorted(by_symbol.items()))
     summary["by_strategy"] = dict(sorted(by_strategy.items()))
+    summary["as_of_position"] = rows[0]["as_of_position"] or 0
     return summary
-
-
-def _figures_of_empty_book() -> dict[str, Any]:
-    zero = portfolio.ZERO
-    return {
-        **{name: 0 for name in _COUNTS},
-        "total_market_value": zero, "long_exposure": zero, "short_exposure": zero,
-        "net_exposure": zero, "gross_exposure": zero, "total_unrealized_pnl": zero,
-        "total_realized_pnl": zero, "total_pnl": zero, "closed_trades": 0, "winning_trades": 0,
-        "win_rate": zero, "profit_factor": zero, "largest_position_pct": zero,
-    }

@@ -24,7 +24,7 @@ from domain.commands import (
     OpenPosition,
     UpdateMarketPrices,
 )
-from domain.errors import DomainError
+from domain.errors import DomainError, InvalidCommand
 from domain.rules import check_fields
 from projections import queries
 from projections.queries import PositionFilter
@@ -43,7 +43,7 @@ from ..bodies import (
 )
 from ..context import event_metadata
 from ..errors import ApiError, as_api_error, error_body, field_errors
-from ..idempotency import run_once
+from ..idempotency import run_command
 from ..json import JSONResponse
 from ..security import (
     POSITION_WRITERS,
@@ -181,24 +181,30 @@ async def _command(
     *,
     status: int = 200,
     expected_version: int | None = None,
+    location: str = "body",
 ) -> Response:
-    """Run one position command (once per Idempotency-Key) and answer with the position."""
-    services = _services(request)
-    handlers: PositionHandlers = services.handlers
+    """Run one position command and answer with the position as the command left it.
+
+    `location` says where the command's fields came from, for the `loc` of a refusal.
+    """
+    handlers: PositionHandlers = _services(request).handlers
     metadata = event_metadata(request, principal)
 
-    async def operation(connection: asyncpg.Connection | None) -> Response:
-        outcome = await handlers.handle(
-            position_id, command, metadata, expected_version=expected_version,
-            owner=_owned_by(principal), connection=connection,
-        )
+    async def operation(connection: asyncpg.Connection) -> Response:
+        try:
+            outcome = await handlers.handle(
+                position_id, command, metadata, expected_version=expected_version,
+                owner=_owned_by(principal), connection=connection,
+            )
+        except InvalidCommand as refusal:
+            raise ApiError(422, "validation failed", field_errors(refusal.errors, location))
         if outcome.state is not None and outcome.state.deleted:
             return Response(status_code=204)
-        view = await queries.get_position(connection or services.pool, position_id, None)
+        view = await queries.get_position(connection, position_id, None)
         headers = {"Location": f"/positions/{position_id}"} if status == 201 else None
         return _position_response(view, status, headers)
 
-    return await run_once(request, principal.subject, body, operation)
+    return await run_command(request, principal.subject, body, operation)
 
 
 async def create_position(request: Request) -> Response:
@@ -256,12 +262,15 @@ async def fill_position(request: Request) -> Response:
     query = _Query(request)
     price = query.decimal("entry_price")
     query.done()
+    location = "query"
     raw = await read_body(request)
     if raw.strip():
-        price = parse_object(decode_object(raw), FillPositionBody).entry_price or price
+        given = parse_object(decode_object(raw), FillPositionBody).entry_price
+        if given is not None:
+            price, location = given, "body"
     command = FillPosition(at=_now(), entry_price=price)
     return await _command(request, principal, raw, position_id, command,
-                          expected_version=_if_match(request))
+                          expected_version=_if_match(request), location=location)
 
 
 async def increase_position(request: Request) -> Response:
@@ -287,7 +296,7 @@ async def close_position(request: Request) -> Response:
         exit_price = await queries.current_price(_services(request).pool, position_id)
     command = ClosePosition(at=_now(), exit_price=exit_price, quantity=quantity)
     return await _command(request, principal, b"", position_id, command,
-                          expected_version=_if_match(request))
+                          expected_version=_if_match(request), location="query")
 
 
 async def delete_position(request: Request) -> Response:
@@ -306,12 +315,11 @@ async def bulk_update(request: Request) -> Response:
     updates = parse_object(body.updates, AmendPositionBody, "updates")
     command = AmendPosition(at=_now(), **msgspec.structs.asdict(updates))
     ids = list(dict.fromkeys(body.position_ids))  # each position once, in the order given
-    services = _services(request)
-    handlers: PositionHandlers = services.handlers
+    handlers: PositionHandlers = _services(request).handlers
     metadata = event_metadata(request, principal)
     owner = _owned_by(principal)
 
-    async def operation(connection: asyncpg.Connection | None) -> Response:
+    async def operation(connection: asyncpg.Connection) -> Response:
         if body.atomic:
             try:
                 outcomes = await handlers.handle_atomically(
@@ -325,17 +333,20 @@ async def bulk_update(request: Request) -> Response:
                 )
             results: dict[UUID, Outcome | Exception] = dict(zip(ids, outcomes))
         else:
-            results = {}
-            for position_id in ids:
+            # Each position is locked until the request's transaction ends: take them in one
+            # order, so that two bulk updates over the same positions cannot deadlock.
+            done = {}
+            for position_id in sorted(ids):
                 try:
-                    results[position_id] = await handlers.handle(
+                    done[position_id] = await handlers.handle(
                         position_id, command, metadata, owner=owner, connection=connection
                     )
-                except (DomainError, ApiError) as error:
-                    results[position_id] = error
-        return await _bulk_answer(connection or services.pool, results)
+                except DomainError as error:
+                    done[position_id] = error
+            results = {position_id: done[position_id] for position_id in ids}
+        return await _bulk_answer(connection, results)
 
-    return await run_once(request, principal.subject, raw, operation)
+    return await run_command(request, principal.subject, raw, operation)
 
 
 def _failures(failures: dict[UUID, Exception]) -> list[dict[str, Any]]:
@@ -350,9 +361,7 @@ def _failures(failures: dict[UUID, Exception]) -> list[dict[str, Any]]:
     return answer
 
 
-async def _bulk_answer(
-    connection: asyncpg.Connection | asyncpg.Pool, results: dict[UUID, Any]
-) -> Response:
+async def _bulk_answer(connection: asyncpg.Connection, results: dict[UUID, Any]) -> Response:
     failures = {i: r for i, r in results.items() if isinstance(r, Exception)}
     updated = [
         await queries.get_position(connection, position_id, None)
@@ -380,22 +389,21 @@ async def update_prices(request: Request) -> Response:
             errors.append({"loc": ["body", symbol], "msg": "must be a number"})
     if errors:
         raise ApiError(422, "validation failed", errors)
-    services = _services(request)
-    handlers: PositionHandlers = services.handlers
+    handlers: PositionHandlers = _services(request).handlers
     command = UpdateMarketPrices(at=_now(), prices=prices)
     metadata = event_metadata(request, principal)
 
-    async def operation(connection: asyncpg.Connection | None) -> Response:
+    async def operation(connection: asyncpg.Connection) -> Response:
         recorded = await handlers.update_market_prices(command, metadata, connection=connection)
         symbols = sorted(recorded[0].data["prices"])
-        count = await queries.count_open(connection or services.pool, symbols)
+        count = await queries.count_open(connection, symbols)
         return JSONResponse({
             "symbols": symbols,
             "positions_updated": count,
             "position": recorded[0].global_position,
         })
 
-    return await run_once(request, principal.subject, raw, operation)
+    return await run_command(request, principal.subject, raw, operation)
 
 
 routes = [
