@@ -64,9 +64,15 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
         middleware=[Middleware(CorrelationMiddleware), Middleware(LastResortMiddleware)],
         exception_handlers={
             # Expected refusals. Anything else reaches LastResortMiddleware: a bare 500.
-            kind: handle_error for kind in (
-                ApiError, AuthError, HTTPException, DomainError, StalePosition,
-                TooMuchContention, AtomicFailure,
+            kind: handle_error
+            for kind in (
+                ApiError,
+                AuthError,
+                HTTPException,
+                DomainError,
+                StalePosition,
+                TooMuchContention,
+                AtomicFailure,
             )
         },
         lifespan=lifespan,

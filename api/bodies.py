@@ -89,18 +89,19 @@ def decode_object(raw: bytes) -> dict[str, Any]:
     try:
         data = json.decode(raw)
     except (msgspec.DecodeError, RecursionError) as error:
-        raise ApiError(422, "the body is not valid JSON",
-                       [{"loc": ["body"], "msg": str(error)}]) from None
+        raise ApiError(
+            422, "the body is not valid JSON", [{"loc": ["body"], "msg": str(error)}]
+        ) from None
     if not isinstance(data, dict):
-        raise ApiError(422, "validation failed", [{"loc": ["body"], "msg": "must be a JSON object"}])
+        raise ApiError(
+            422, "validation failed", [{"loc": ["body"], "msg": "must be a JSON object"}]
+        )
     return data
 
 
 def parse_object(data: dict[str, Any], kind: type[Body], location: str = "body") -> Body:
     fields = {field.encode_name: field for field in msgspec.structs.fields(kind)}
-    errors = [
-        {"loc": [location, key], "msg": "unknown field"} for key in data if key not in fields
-    ]
+    errors = [{"loc": [location, key], "msg": "unknown field"} for key in data if key not in fields]
     values: dict[str, Any] = {}
     for name, field in fields.items():
         if name not in data:
@@ -116,7 +117,8 @@ def parse_object(data: dict[str, Any], kind: type[Body], location: str = "body")
     if {"side", "entry_price"} <= values.keys() and not {"side", "entry_price"} & broken:
         # An opening: stop and target against the entry, with the other errors, all at once.
         protective_levels(
-            values["side"], values["entry_price"],
+            values["side"],
+            values["entry_price"],
             None if "stop_loss" in broken else values.get("stop_loss"),
             None if "take_profit" in broken else values.get("take_profit"),
             rule_errors,

@@ -23,9 +23,14 @@ DEV_TOKEN_TTL = timedelta(hours=24)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="position-service")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the HTTP service (settings from the environment)")
-    serve.add_argument("--production", action="store_true",
-                       help="refuse to start without DATABASE_URL and a JWT key; several workers")
+    serve = commands.add_parser(
+        "serve", help="run the HTTP service (settings from the environment)"
+    )
+    serve.add_argument(
+        "--production",
+        action="store_true",
+        help="refuse to start without DATABASE_URL and a JWT key; several workers",
+    )
     commands.add_parser("migrate", help="apply pending database migrations and exit")
     token = commands.add_parser("token", help="print a signed token (HS256, JWT_SECRET)")
     token.add_argument("--sub", required=True, help="the user id")
@@ -61,9 +66,17 @@ def _token(settings: Settings, subject: str, role: Role, ttl: int) -> int:
     auth = AuthSettings.from_env(settings.environment)
     if auth.secret is None:
         raise ConfigError("minting needs JWT_SECRET (with a public key, sign with your issuer)")
-    print(mint_token(secret_or_private_key=auth.secret, algorithm=auth.algorithm, subject=subject,
-                     role=role, ttl=timedelta(seconds=ttl), issuer=auth.issuer,
-                     audience=auth.audience))
+    print(
+        mint_token(
+            secret_or_private_key=auth.secret,
+            algorithm=auth.algorithm,
+            subject=subject,
+            role=role,
+            ttl=timedelta(seconds=ttl),
+            issuer=auth.issuer,
+            audience=auth.audience,
+        )
+    )
     return 0
 
 
@@ -86,8 +99,9 @@ def _serve_development(settings: Settings) -> int:
         ttl = DEV_TOKEN_TTL
         print("development tokens (valid 24 h; the secret is in .data/dev-jwt-secret):")
         for role, subject in ((Role.ADMIN, "admin"), (Role.USER, "trader")):
-            token = mint_token(secret_or_private_key=secret, algorithm="HS256", subject=subject,
-                               role=role, ttl=ttl)
+            token = mint_token(
+                secret_or_private_key=secret, algorithm="HS256", subject=subject, role=role, ttl=ttl
+            )
             print(f"  {role.value:<5} {subject:<7} {token}")
         sys.stdout.flush()
     return _serve(settings, workers=1)
@@ -96,7 +110,9 @@ def _serve_development(settings: Settings) -> int:
 def _serve_production(settings: Settings) -> int:
     env = settings.environment
     if not settings.database_url:
-        raise ConfigError("production needs DATABASE_URL (the embedded database is for development)")
+        raise ConfigError(
+            "production needs DATABASE_URL (the embedded database is for development)"
+        )
     if not (env.get("JWT_SECRET") or env.get("JWT_PUBLIC_KEY") or env.get("JWT_PUBLIC_KEY_FILE")):
         raise ConfigError("production needs JWT_SECRET, JWT_PUBLIC_KEY or JWT_PUBLIC_KEY_FILE")
     AuthSettings.from_env(env)  # refuse a weak or inconsistent key before any worker starts

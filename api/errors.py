@@ -1,7 +1,7 @@
 """Every error answers with one body shape, and a 500 never shows a stack, SQL or a secret.
 
-    {"detail": "...", "timestamp": "...", "path": "/positions/123", "correlation_id": "...",
-     "errors": [{"loc": ["body", "quantity"], "msg": "must be greater than 0"}]}   (422 only)
+{"detail": "...", "timestamp": "...", "path": "/positions/123", "correlation_id": "...",
+ "errors": [{"loc": ["body", "quantity"], "msg": "must be greater than 0"}]}   (422 only)
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ def correlation_id(connection: HTTPConnection) -> str:
     return connection.scope.get("state", {}).get("correlation_id", "")
 
 
-def error_body(connection: HTTPConnection, status: int, detail: str,
-               errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def error_body(
+    connection: HTTPConnection, status: int, detail: str, errors: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "detail": detail,
         "timestamp": datetime.now(UTC).isoformat(),

@@ -29,9 +29,16 @@ async def run_command(request: Request, caller: str, body: bytes, operation: Ope
     """Run `operation` on a connection in a transaction of its own, once per Idempotency-Key."""
     key = request.headers.get("idempotency-key")
     if key is not None and not 0 < len(key) <= MAX_KEY_LENGTH:
-        raise ApiError(422, "validation failed", [
-            {"loc": ["header", "Idempotency-Key"], "msg": f"must be 1-{MAX_KEY_LENGTH} characters"}
-        ])
+        raise ApiError(
+            422,
+            "validation failed",
+            [
+                {
+                    "loc": ["header", "Idempotency-Key"],
+                    "msg": f"must be 1-{MAX_KEY_LENGTH} characters",
+                }
+            ],
+        )
     pool: asyncpg.Pool = request.app.state.services.pool
     async with pool.acquire() as connection, connection.transaction():
         if key is None:
@@ -41,15 +48,19 @@ async def run_command(request: Request, caller: str, body: bytes, operation: Ope
         stored = await connection.fetchrow(
             "SELECT fingerprint, status_code, headers, body FROM idempotency_keys "
             "WHERE caller = $1 AND key = $2",
-            caller, key,
+            caller,
+            key,
         )
         if stored is not None:
             if stored["fingerprint"] != fingerprint:
-                raise ApiError(422, "this Idempotency-Key was used for a different request", [
-                    {"loc": ["header", "Idempotency-Key"], "msg": "used for a different request"}
-                ])
+                raise ApiError(
+                    422,
+                    "this Idempotency-Key was used for a different request",
+                    [{"loc": ["header", "Idempotency-Key"], "msg": "used for a different request"}],
+                )
             return Response(
-                stored["body"], status_code=stored["status_code"],
+                stored["body"],
+                status_code=stored["status_code"],
                 headers={**stored["headers"], REPLAYED_HEADER: "true"},
             )
         try:
@@ -62,7 +73,12 @@ async def run_command(request: Request, caller: str, body: bytes, operation: Ope
         await connection.execute(
             "INSERT INTO idempotency_keys (caller, key, fingerprint, status_code, headers, body) "
             "VALUES ($1, $2, $3, $4, $5, $6)",
-            caller, key, fingerprint, response.status_code, headers, response.body,
+            caller,
+            key,
+            fingerprint,
+            response.status_code,
+            headers,
+            response.body,
         )
         return response
 
@@ -75,7 +91,12 @@ def _lock_id(caller: str, key: str) -> int:
 
 def _fingerprint(request: Request, body: bytes) -> str:
     digest = hashlib.sha256()
-    for part in (request.method.encode(), request.url.path.encode(), request.url.query.encode(), body):
+    for part in (
+        request.method.encode(),
+        request.url.path.encode(),
+        request.url.query.encode(),
+        body,
+    ):
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
     return digest.hexdigest()

@@ -396,7 +396,7 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
     def line(cells: list[str]) -> str:
         return "  ".join(
             cell.rjust(width) if i else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(cells, widths))
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
         )
 
     print(f"\n{title}")
@@ -453,9 +453,7 @@ async def main(args: argparse.Namespace) -> int:
     except asyncpg.PostgresError:
         pass
 
-    pool = await create_pool(
-        dsn, min_size=WRITERS + 1, max_size=WRITERS + 1
-    )
+    pool = await create_pool(dsn, min_size=WRITERS + 1, max_size=WRITERS + 1)
     store = EventStore(pool)
     baseline_connections = [await asyncpg.connect(dsn) for _ in range(WRITERS)]
     # The raw reader decodes event JSON exactly as the store does (msgspec, Decimal numbers): the
@@ -520,29 +518,40 @@ async def main(args: argparse.Namespace) -> int:
     for key, label in PHASES.items():
         phase = samples[key]
         rates = [s.rate for s in phase]
-        rows.append([
-            label,
-            f"{statistics.median(rates):,.0f}",
-            f"{min(rates):,.0f}",
-            f"{max(rates):,.0f}",
-            _us(_median([s.us_per_event(s.client_cpu) for s in phase])),
-            _us(_median([s.us_per_event(s.server_cpu) for s in phase])),
-            f"{_median([s.machine_cpu for s in phase]):.2f}",
-            _num(_median([s.other_cpu for s in phase]), ".2f"),
-            "-" if key.startswith("d") else f"{_median([s.wal_per_event for s in phase]):,.0f}",
-        ])
+        rows.append(
+            [
+                label,
+                f"{statistics.median(rates):,.0f}",
+                f"{min(rates):,.0f}",
+                f"{max(rates):,.0f}",
+                _us(_median([s.us_per_event(s.client_cpu) for s in phase])),
+                _us(_median([s.us_per_event(s.server_cpu) for s in phase])),
+                f"{_median([s.machine_cpu for s in phase]):.2f}",
+                _num(_median([s.other_cpu for s in phase]), ".2f"),
+                "-" if key.startswith("d") else f"{_median([s.wal_per_event for s in phase]):,.0f}",
+            ]
+        )
     print_table(
         f"Medians of {rounds} round(s). CPU per event in microseconds: client = this Python "
         f"process, server = the backends of {args.database};\nmachine = cores busy out of "
         f"{meter.cores}, other = of which neither (WAL writer, checkpointer, other processes); "
         f"WAL = whole server, bytes per event",
-        ["phase", "events/s", "min", "max", "client us/ev", "server us/ev", "machine", "other",
-         "WAL B/ev"],
+        [
+            "phase",
+            "events/s",
+            "min",
+            "max",
+            "client us/ev",
+            "server us/ev",
+            "machine",
+            "other",
+            "WAL B/ev",
+        ],
         rows,
     )
 
     def ratio(top: str, bottom: str) -> tuple[float, float, float]:
-        paired = [t.rate / b.rate for t, b in zip(samples[top], samples[bottom])]
+        paired = [t.rate / b.rate for t, b in zip(samples[top], samples[bottom], strict=True)]
         value = statistics.median(s.rate for s in samples[top]) / statistics.median(
             s.rate for s in samples[bottom]
         )
@@ -561,13 +570,15 @@ async def main(args: argparse.Namespace) -> int:
         verdict = "info" if target is None else ("met" if value >= target else "MISSED")
         if verdict == "MISSED":
             missed.append(name.split()[0])
-        ratio_rows.append([
-            name,
-            f"{value:.2f}",
-            f"{low:.2f}-{high:.2f}",
-            "-" if target is None else f">= {target:.2f}",
-            verdict,
-        ])
+        ratio_rows.append(
+            [
+                name,
+                f"{value:.2f}",
+                f"{low:.2f}-{high:.2f}",
+                "-" if target is None else f">= {target:.2f}",
+                verdict,
+            ]
+        )
     print_table(
         "Ratios of the medians (range: the ratios within each round)",
         ["ratio", "value", "range", "target", "verdict"],

@@ -99,7 +99,9 @@ class PositionHandlers:
                 return Outcome(state, [])
             try:
                 recorded = await self._store.append(
-                    stream_of(position_id), _new_events(events, metadata), _version(state),
+                    stream_of(position_id),
+                    _new_events(events, metadata),
+                    _version(state),
                     connection=connection,
                 )
             except WrongExpectedVersion as conflict:
@@ -135,13 +137,14 @@ class PositionHandlers:
                 raise AtomicFailure(failures)
             appends = [
                 StreamAppend(stream_of(position_id), _new_events(events, metadata), _version(state))
-                for (position_id, _), state, events in zip(commands, states, decisions)
+                for (position_id, _), state, events in zip(commands, states, decisions, strict=True)
                 if events
             ]
             try:
                 recorded = (
                     await self._store.append_streams(appends, connection=connection)
-                    if appends else []
+                    if appends
+                    else []
                 )
             except WrongExpectedVersion:
                 continue
@@ -150,7 +153,7 @@ class PositionHandlers:
                 by_stream.setdefault(event.stream_id, []).append(event)
             return [
                 Outcome(fold(events, state), by_stream.get(stream_of(position_id), []))
-                for (position_id, _), state, events in zip(commands, states, decisions)
+                for (position_id, _), state, events in zip(commands, states, decisions, strict=True)
             ]
         raise TooMuchContention()
 
@@ -163,7 +166,9 @@ class PositionHandlers:
     ) -> list[RecordedEvent]:
         events = decide_market_prices(command)
         return await self._store.append(
-            MARKET_STREAM, _new_events(events, metadata), ExpectedVersion.ANY,
+            MARKET_STREAM,
+            _new_events(events, metadata),
+            ExpectedVersion.ANY,
             connection=connection,
         )
 

@@ -100,12 +100,24 @@ class MarketPricesUpdated(Event, frozen=True, kw_only=True):
 POSITION_EVENTS: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
-        PositionOpened, PositionFilled, PositionIncreased, StopLossMoved, TakeProfitMoved,
-        NotesChanged, StrategyChanged, PositionMarked, PositionReduced, PositionClosed,
-        PositionCancelled, PositionDeleted,
+        PositionOpened,
+        PositionFilled,
+        PositionIncreased,
+        StopLossMoved,
+        TakeProfitMoved,
+        NotesChanged,
+        StrategyChanged,
+        PositionMarked,
+        PositionReduced,
+        PositionClosed,
+        PositionCancelled,
+        PositionDeleted,
     )
 }
-EVENT_TYPES: dict[str, type[Event]] = {**POSITION_EVENTS, "MarketPricesUpdated": MarketPricesUpdated}
+EVENT_TYPES: dict[str, type[Event]] = {
+    **POSITION_EVENTS,
+    "MarketPricesUpdated": MarketPricesUpdated,
+}
 
 
 def event_from(event_type: str, data: dict) -> Event:

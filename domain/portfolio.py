@@ -42,7 +42,9 @@ def percent(part: Decimal, whole: Decimal) -> Decimal | None:
         return (part / whole * HUNDRED).quantize(PERCENT_PLACES)
 
 
-def unrealized_pnl_pct(unrealized: Decimal, entry_price: Decimal, quantity: Decimal) -> Decimal | None:
+def unrealized_pnl_pct(
+    unrealized: Decimal, entry_price: Decimal, quantity: Decimal
+) -> Decimal | None:
     with rules.exact():
         return percent(unrealized, entry_price * quantity)
 

@@ -43,7 +43,6 @@ from .events import (
     MarketPricesUpdated,
     NotesChanged,
     PositionCancelled,
-    PositionClosed as PositionClosedEvent,
     PositionDeleted,
     PositionFilled,
     PositionIncreased,
@@ -54,6 +53,9 @@ from .events import (
     StopLossMoved,
     StrategyChanged,
     TakeProfitMoved,
+)
+from .events import (
+    PositionClosed as PositionClosedEvent,
 )
 
 Status = Literal["pending", "open", "closed"]
@@ -117,13 +119,24 @@ def evolve(state: Position | None, event: Event) -> Position:
             case PositionMarked(price=price):
                 return _next(state, event, current_price=price)
             case PositionReduced(quantity=quantity, price=price, realized_pnl=pnl):
-                return _next(state, event, quantity=state.quantity - quantity,
-                             **_closing(state, quantity, price, pnl))
+                return _next(
+                    state,
+                    event,
+                    quantity=state.quantity - quantity,
+                    **_closing(state, quantity, price, pnl),
+                )
             case PositionClosedEvent(quantity=quantity, price=price, realized_pnl=pnl):
                 # A closed position keeps the price it last traded at.
-                return _next(state, event, status="closed", quantity=ZERO, current_price=price,
-                             exit_price=event.exit_price, closed_at=event.at,
-                             **_closing(state, quantity, price, pnl))
+                return _next(
+                    state,
+                    event,
+                    status="closed",
+                    quantity=ZERO,
+                    current_price=price,
+                    exit_price=event.exit_price,
+                    closed_at=event.at,
+                    **_closing(state, quantity, price, pnl),
+                )
             case PositionCancelled():
                 return _next(state, event, status="closed", quantity=ZERO, closed_at=event.at)
             case PositionDeleted():
@@ -166,7 +179,9 @@ def _next(state: Position, event: Event, **changes: object) -> Position:
     return msgspec.structs.replace(state, updated_at=event.at, version=state.version + 1, **changes)
 
 
-def _closing(state: Position, quantity: Decimal, price: Decimal, pnl: Decimal) -> dict[str, Decimal]:
+def _closing(
+    state: Position, quantity: Decimal, price: Decimal, pnl: Decimal
+) -> dict[str, Decimal]:
     return {
         "realized_pnl": state.realized_pnl + pnl,
         "closed_quantity": state.closed_quantity + quantity,
@@ -227,22 +242,9 @@ def _open(command: OpenPosition, state: Position | None) -> list[Event]:
     if state is not None:
         raise PositionAlreadyExists()
     _refuse_if_any(check_open(command))
-    return [
-        PositionOpened(
-            at=command.at,
-            position_id=command.position_id,
-            owner=command.owner,
-            symbol=rules.symbol("symbol", command.symbol, []),
-            side=command.side,
-            quantity=command.quantity,
-            entry_price=command.entry_price,
-            stop_loss=command.stop_loss,
-            take_profit=command.take_profit,
-            strategy=command.strategy,
-            notes=command.notes,
-            pending=command.pending,
-        )
-    ]
+    fields = msgspec.structs.asdict(command)
+    fields["symbol"] = rules.symbol("symbol", command.symbol, [])  # as checked: upper-cased
+    return [PositionOpened(**fields)]
 
 
 def _fill(command: FillPosition, state: Position | None) -> list[Event]:

@@ -41,7 +41,9 @@ def amount(
     if not value.is_finite():
         errors.append(FieldError(field, "must be a finite number"))
     elif value < 0 or (value == 0 and not zero_allowed):
-        errors.append(FieldError(field, "must be zero or more" if zero_allowed else "must be greater than 0"))
+        errors.append(
+            FieldError(field, "must be zero or more" if zero_allowed else "must be greater than 0")
+        )
     elif value > MAX_MAGNITUDE:
         errors.append(FieldError(field, f"must be at most {MAX_MAGNITUDE:f}"))
     elif value.normalize(ARITHMETIC).as_tuple().exponent < -MAX_DECIMAL_PLACES:  # type: ignore[operator]
@@ -66,14 +68,22 @@ def protective_levels(
     long = side == "long"
     if stop_loss is not None and stop_loss.is_finite():
         if long and stop_loss >= entry_price:
-            errors.append(FieldError("stop_loss", "must be below the entry price for a long position"))
+            errors.append(
+                FieldError("stop_loss", "must be below the entry price for a long position")
+            )
         if not long and stop_loss <= entry_price:
-            errors.append(FieldError("stop_loss", "must be above the entry price for a short position"))
+            errors.append(
+                FieldError("stop_loss", "must be above the entry price for a short position")
+            )
     if take_profit is not None and take_profit.is_finite():
         if long and take_profit <= entry_price:
-            errors.append(FieldError("take_profit", "must be above the entry price for a long position"))
+            errors.append(
+                FieldError("take_profit", "must be above the entry price for a long position")
+            )
         if not long and take_profit >= entry_price:
-            errors.append(FieldError("take_profit", "must be below the entry price for a short position"))
+            errors.append(
+                FieldError("take_profit", "must be below the entry price for a short position")
+            )
 
 
 def price_places(value: Decimal) -> Decimal:

@@ -34,7 +34,11 @@ async def save_checkpoint(
 ) -> None:
     """Move `subscriber` from `previous` to `new`, or raise `CheckpointConflict`."""
     saved = await connection.fetchval(
-        _SAVE, subscriber, previous.tx_id, previous.global_position, new.tx_id,
+        _SAVE,
+        subscriber,
+        previous.tx_id,
+        previous.global_position,
+        new.tx_id,
         new.global_position,
     )
     if saved is None:

@@ -14,9 +14,7 @@ class WrongExpectedVersion(EventStoreError):
         self.stream_id = stream_id
         self.expected = expected
         self.actual = actual
-        super().__init__(
-            f"stream {stream_id!r} is at version {actual}, expected {expected}"
-        )
+        super().__init__(f"stream {stream_id!r} is at version {actual}, expected {expected}")
 
 
 class DuplicateEventIds(EventStoreError):

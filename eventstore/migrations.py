@@ -64,7 +64,9 @@ async def migrate(connection: asyncpg.Connection, folder: Path) -> list[str]:
         await connection.execute(_CREATE_LEDGER)
         applied = {
             row["version"]: row
-            for row in await connection.fetch("SELECT version, name, checksum FROM schema_migrations")
+            for row in await connection.fetch(
+                "SELECT version, name, checksum FROM schema_migrations"
+            )
         }
         _check_applied(applied, migrations)
         done = []
@@ -75,7 +77,9 @@ async def migrate(connection: asyncpg.Connection, folder: Path) -> list[str]:
                 await connection.execute(migration.sql)
                 await connection.execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    migration.version, migration.name, migration.checksum,
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
                 )
             log.info("applied migration %s", migration.name)
             done.append(migration.name)

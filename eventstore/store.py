@@ -6,8 +6,8 @@ It knows streams, versions and positions, nothing of what the events mean.
 from __future__ import annotations
 
 import asyncio
-from contextlib import AsyncExitStack
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AsyncExitStack
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -251,8 +251,9 @@ class EventStore:
                 raise WrongExpectedVersion(append.stream_id, append.expected_version, actual)
         # The rival that held the version rolled back since: the caller may simply retry.
         first = appends[0]
-        raise WrongExpectedVersion(first.stream_id, first.expected_version,
-                                   versions.get(first.stream_id, 0))
+        raise WrongExpectedVersion(
+            first.stream_id, first.expected_version, versions.get(first.stream_id, 0)
+        )
 
     # -- reading one stream --------------------------------------------------------------------
 
@@ -432,18 +433,26 @@ def _pending(appends: Sequence[StreamAppend]) -> list[_Pending]:
         if append.expected_version is not None and append.expected_version < 0:
             raise ValueError(f"expected version of {append.stream_id!r} must be >= 0 or None")
         pending.extend(
-            _Pending(append.stream_id, event, codec.encode(event.data), codec.encode(event.metadata))
+            _Pending(
+                append.stream_id, event, codec.encode(event.data), codec.encode(event.metadata)
+            )
             for event in append.events
         )
     return pending
 
 
-def _statement(appends: Sequence[StreamAppend], pending: Sequence[_Pending]) -> tuple[str, list[Any]]:
+def _statement(
+    appends: Sequence[StreamAppend], pending: Sequence[_Pending]
+) -> tuple[str, list[Any]]:
     if len(pending) == 1:
         [item], append = pending, appends[0]
         return _APPEND_EVENT, [
-            append.stream_id, item.event.event_id, item.event.event_type,
-            item.event.schema_version, msgspec.Raw(item.data), msgspec.Raw(item.metadata),
+            append.stream_id,
+            item.event.event_id,
+            item.event.event_type,
+            item.event.schema_version,
+            msgspec.Raw(item.data),
+            msgspec.Raw(item.metadata),
             append.expected_version,
         ]
     events = [

@@ -30,12 +30,27 @@ TABLES = ("positions", "market_prices")
 
 # Column types, in the order of the domain's Position fields (`deleted` rows are removed instead).
 _TYPES = {
-    "position_id": "uuid", "owner": "text", "symbol": "text", "side": "text", "status": "text",
-    "quantity": "numeric", "entry_price": "numeric", "current_price": "numeric",
-    "stop_loss": "numeric", "take_profit": "numeric", "strategy": "text", "notes": "text",
-    "realized_pnl": "numeric", "closed_quantity": "numeric", "closed_value": "numeric",
-    "exit_price": "numeric", "opened_at": "timestamptz", "closed_at": "timestamptz",
-    "created_at": "timestamptz", "updated_at": "timestamptz", "version": "bigint",
+    "position_id": "uuid",
+    "owner": "text",
+    "symbol": "text",
+    "side": "text",
+    "status": "text",
+    "quantity": "numeric",
+    "entry_price": "numeric",
+    "current_price": "numeric",
+    "stop_loss": "numeric",
+    "take_profit": "numeric",
+    "strategy": "text",
+    "notes": "text",
+    "realized_pnl": "numeric",
+    "closed_quantity": "numeric",
+    "closed_value": "numeric",
+    "exit_price": "numeric",
+    "opened_at": "timestamptz",
+    "closed_at": "timestamptz",
+    "created_at": "timestamptz",
+    "updated_at": "timestamptz",
+    "version": "bigint",
 }
 _FIELDS = list(_TYPES)
 assert set(_FIELDS) == set(Position.__struct_fields__) - {"deleted"}
@@ -48,8 +63,9 @@ _LOAD = f"SELECT {', '.join(_COLUMNS)} FROM positions WHERE position_id = ANY ($
 
 _SAVE = f"""
 INSERT INTO positions ({", ".join(_COLUMNS)})
-SELECT * FROM unnest({", ".join(
-    f"${i}::{t}[]" for i, t in enumerate([*_TYPES.values(), *_BOOKKEEPING.values()], 1))})
+SELECT * FROM unnest({
+    ", ".join(f"${i}::{t}[]" for i, t in enumerate([*_TYPES.values(), *_BOOKKEEPING.values()], 1))
+})
 ON CONFLICT (position_id) DO UPDATE SET
     {", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:])}
 """
@@ -75,7 +91,9 @@ def position_id_of(stream_id: str) -> UUID:
     return UUID(stream_id.removeprefix(f"{CATEGORY}-"))
 
 
-async def project_positions(connection: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+async def project_positions(
+    connection: asyncpg.Connection, events: Sequence[RecordedEvent]
+) -> None:
     """Apply `events`, in log order, to the read model."""
     batch = await _Batch.load(connection, events)
     for recorded in events:
@@ -142,6 +160,10 @@ async def _save_market_prices(connection: asyncpg.Connection, recorded: Recorded
     event = event_from(recorded.event_type, recorded.data)
     assert isinstance(event, MarketPricesUpdated)
     await connection.execute(
-        _SAVE_MARKET_PRICES, list(event.prices), list(event.prices.values()), event.at,
-        recorded.tx_id, recorded.global_position,
+        _SAVE_MARKET_PRICES,
+        list(event.prices),
+        list(event.prices.values()),
+        event.at,
+        recorded.tx_id,
+        recorded.global_position,
     )

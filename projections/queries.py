@@ -171,7 +171,8 @@ book AS (
            CASE WHEN status = 'open' THEN quantity * coalesce(price, entry_price) END
                AS market_value,
            CASE WHEN status = 'open' AND price IS NOT NULL
-                THEN (price - entry_price) * (CASE side WHEN 'long' THEN quantity ELSE -quantity END)
+                THEN (price - entry_price)
+                     * (CASE side WHEN 'long' THEN quantity ELSE -quantity END)
                 ELSE 0 END AS unrealized_pnl,
            coalesce(price, entry_price) AS mark,
            price IS NULL AS unpriced,
@@ -210,8 +211,14 @@ GROUP BY GROUPING SETS ((), (symbol), (strategy))
 """
 
 _COUNTS = (
-    "total_positions", "open_positions", "closed_positions", "pending_positions",
-    "long_positions", "short_positions", "unpriced_positions", "positions_at_risk",
+    "total_positions",
+    "open_positions",
+    "closed_positions",
+    "pending_positions",
+    "long_positions",
+    "short_positions",
+    "unpriced_positions",
+    "positions_at_risk",
     "positions_near_target",
 )
 
@@ -236,7 +243,8 @@ def _figures(row: asyncpg.Record) -> dict[str, Any]:
         profit_factor=portfolio.profit_factor(row["gross_profit"], row["gross_loss"]),
         largest_position_pct=portfolio.percent(
             row["largest_market_value"], row["total_market_value"]
-        ) or portfolio.ZERO,
+        )
+        or portfolio.ZERO,
     )
     return figures
 

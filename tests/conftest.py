@@ -34,7 +34,7 @@ def _reachable(url: str) -> bool:
 
     try:
         asyncio.run(probe())
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, asyncpg.PostgresError):
         return False
     return True
 
@@ -44,7 +44,7 @@ def _find_server() -> str:
     if configured:
         url = asyncpg_dsn(configured)
         if not _reachable(url):
-            pytest.fail(f"TEST_DATABASE_URL is set but its server does not answer", pytrace=False)
+            pytest.fail("TEST_DATABASE_URL is set but its server does not answer", pytrace=False)
         return url
     if _reachable(MACHINE_POSTGRES):
         return MACHINE_POSTGRES

@@ -47,7 +47,9 @@ async def test_pending_files_are_applied_in_order_and_recorded(
 
         rows = await connection.fetch("SELECT version, name, checksum FROM schema_migrations")
         assert [(r["version"], r["name"]) for r in rows] == [
-            (1, "001_things.sql"), (2, "002_more_things.sql"), (3, "003_index.sql"),
+            (1, "001_things.sql"),
+            (2, "002_more_things.sql"),
+            (3, "003_index.sql"),
         ]
         assert all(len(r["checksum"]) == 64 for r in rows)
         assert await connection.fetchval("SELECT count(*) FROM things") == 0
@@ -86,9 +88,7 @@ async def test_an_applied_file_missing_from_the_folder_stops_the_runner(
 async def test_a_failing_migration_leaves_nothing_half_applied(
     empty_database: str, folder: Path
 ) -> None:
-    (folder / "003_broken.sql").write_text(
-        "CREATE TABLE half (id int); SELECT no_such_function();"
-    )
+    (folder / "003_broken.sql").write_text("CREATE TABLE half (id int); SELECT no_such_function();")
     connection = await asyncpg.connect(empty_database)
     try:
         with pytest.raises(asyncpg.UndefinedFunctionError):
@@ -111,8 +111,12 @@ async def test_instances_starting_together_apply_each_file_once(
         for connection in connections:
             await connection.close()
 
-    assert sorted(applied, key=len) == [[], [], [], ["001_things.sql", "002_more_things.sql",
-                                                     "003_slow.sql"]]
+    assert sorted(applied, key=len) == [
+        [],
+        [],
+        [],
+        ["001_things.sql", "002_more_things.sql", "003_slow.sql"],
+    ]
 
 
 def test_badly_named_files_are_refused(tmp_path: Path) -> None:

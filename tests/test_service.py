@@ -31,7 +31,11 @@ def service_env(**overrides: str) -> dict[str, str]:
 def run_cli(*arguments: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "api", *arguments],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -76,8 +80,12 @@ def test_an_edited_migration_stops_the_service_with_the_reason(
 def start_service(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "api", "serve"], cwd=PROJECT_ROOT, env={**env, "PORT": str(port)},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "api", "serve"],
+        cwd=PROJECT_ROOT,
+        env={**env, "PORT": str(port)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -135,16 +143,22 @@ def test_health_answers_over_a_real_socket(service: str) -> None:
     [
         ({}, "production needs DATABASE_URL"),
         ({"DATABASE_URL": "postgresql://db.example/positions"}, "production needs JWT_SECRET"),
-        ({"DATABASE_URL": "postgresql://db.example/positions", "JWT_SECRET": "short"},
-         "JWT_SECRET"),
+        (
+            {"DATABASE_URL": "postgresql://db.example/positions", "JWT_SECRET": "short"},
+            "JWT_SECRET",
+        ),
     ],
     ids=["no database", "no key", "weak secret"],
 )
 def test_production_refuses_to_start_without_its_settings(env: dict[str, str], reason: str) -> None:
     base = {k: v for k, v in service_env().items() if not k.startswith("JWT_")}
     result = subprocess.run(
-        [sys.executable, "-m", "api", "serve", "--production"], cwd=PROJECT_ROOT,
-        env={**base, **env}, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "api", "serve", "--production"],
+        cwd=PROJECT_ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
@@ -160,7 +174,9 @@ def test_the_token_command_mints_a_token_the_service_accepts(database_url: str) 
     process, base = start_service(env)
     try:
         token = minted.stdout.strip()
-        answer = httpx.get(base + "/positions?owner=bob", headers={"Authorization": f"Bearer {token}"})
+        answer = httpx.get(
+            base + "/positions?owner=bob", headers={"Authorization": f"Bearer {token}"}
+        )
         refused = httpx.get(base + "/positions", headers={"Authorization": f"Bearer {token}x"})
     finally:
         process.terminate()

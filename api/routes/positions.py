@@ -71,12 +71,14 @@ def _owned_by(principal: Principal) -> str | None:
     return None if principal.role == Role.ADMIN else principal.subject
 
 
-def _position_response(view: queries.PositionView | None, status: int = 200,
-                       headers: dict[str, str] | None = None) -> Response:
+def _position_response(
+    view: queries.PositionView | None, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     if view is None:
         raise ApiError(404, "position not found")
-    return JSONResponse(view, status_code=status,
-                        headers={"ETag": f'"{view.version}"', **(headers or {})})
+    return JSONResponse(
+        view, status_code=status, headers={"ETag": f'"{view.version}"', **(headers or {})}
+    )
 
 
 # -- query parameters ---------------------------------------------------------------------------
@@ -92,8 +94,9 @@ class _Query:
     def _fail(self, name: str, message: str) -> None:
         self.errors.append({"loc": ["query", name], "msg": message})
 
-    def text(self, name: str, *, choices: tuple[str, ...] | None = None,
-             upper: bool = False) -> str | None:
+    def text(
+        self, name: str, *, choices: tuple[str, ...] | None = None, upper: bool = False
+    ) -> str | None:
         value = self.params.get(name)
         if value is None:
             return None
@@ -193,11 +196,16 @@ async def _command(
     async def operation(connection: asyncpg.Connection) -> Response:
         try:
             outcome = await handlers.handle(
-                position_id, command, metadata, expected_version=expected_version,
-                owner=_owned_by(principal), connection=connection,
+                position_id,
+                command,
+                metadata,
+                expected_version=expected_version,
+                owner=_owned_by(principal),
+                connection=connection,
             )
         except InvalidCommand as refusal:
-            raise ApiError(422, "validation failed", field_errors(refusal.errors, location))
+            errors = field_errors(refusal.errors, location)
+            raise ApiError(422, "validation failed", errors) from refusal
         if outcome.state is not None and outcome.state.deleted:
             return Response(status_code=204)
         view = await queries.get_position(connection, position_id, None)
@@ -214,20 +222,15 @@ async def create_position(request: Request) -> Response:
     body = parse_object(decode_object(raw), OpenPositionBody)
     if body.owner is not None and body.owner != principal.subject and principal.role != Role.ADMIN:
         raise ApiError(403, "only an admin may open a position for another owner")
+    fields = msgspec.structs.asdict(body)
+    owner, status = fields.pop("owner"), fields.pop("status")
     position_id = uuid.uuid4()
     command = OpenPosition(
         at=_now(),
         position_id=position_id,
-        owner=body.owner or principal.subject,
-        symbol=body.symbol,
-        side=body.side,
-        quantity=body.quantity,
-        entry_price=body.entry_price,
-        stop_loss=body.stop_loss,
-        take_profit=body.take_profit,
-        strategy=body.strategy,
-        notes=body.notes,
-        pending=body.status == "pending",
+        owner=owner or principal.subject,
+        pending=status == "pending",
+        **fields,
     )
     return await _command(request, principal, raw, position_id, command, status=201)
 
@@ -239,20 +242,32 @@ def _if_match(request: Request) -> int | None:
     try:
         return int(raw.strip().removeprefix("W/").strip('"'))
     except ValueError:
-        raise ApiError(422, "validation failed", [
-            {"loc": ["header", "If-Match"], "msg": "must be a position version, e.g. \"3\""}
-        ]) from None
+        raise ApiError(
+            422,
+            "validation failed",
+            [{"loc": ["header", "If-Match"], "msg": 'must be a position version, e.g. "3"'}],
+        ) from None
 
 
-async def amend_position(request: Request) -> Response:
+async def _command_from_body(request: Request, body_type: type, command_type: type) -> Response:
+    """A command on a position whose fields are exactly those of the request's body."""
     principal = authenticate(request)
     require(principal, POSITION_WRITERS)
     position_id = _position_id(request)
     raw = await read_body(request)
-    body = parse_object(decode_object(raw), AmendPositionBody)
-    command = AmendPosition(at=_now(), **msgspec.structs.asdict(body))
-    return await _command(request, principal, raw, position_id, command,
-                          expected_version=_if_match(request))
+    body = parse_object(decode_object(raw), body_type)
+    command = command_type(at=_now(), **msgspec.structs.asdict(body))
+    return await _command(
+        request, principal, raw, position_id, command, expected_version=_if_match(request)
+    )
+
+
+async def amend_position(request: Request) -> Response:
+    return await _command_from_body(request, AmendPositionBody, AmendPosition)
+
+
+async def increase_position(request: Request) -> Response:
+    return await _command_from_body(request, IncreasePositionBody, IncreasePosition)
 
 
 async def fill_position(request: Request) -> Response:
@@ -269,19 +284,15 @@ async def fill_position(request: Request) -> Response:
         if given is not None:
             price, location = given, "body"
     command = FillPosition(at=_now(), entry_price=price)
-    return await _command(request, principal, raw, position_id, command,
-                          expected_version=_if_match(request), location=location)
-
-
-async def increase_position(request: Request) -> Response:
-    principal = authenticate(request)
-    require(principal, POSITION_WRITERS)
-    position_id = _position_id(request)
-    raw = await read_body(request)
-    body = parse_object(decode_object(raw), IncreasePositionBody)
-    command = IncreasePosition(at=_now(), quantity=body.quantity, price=body.price)
-    return await _command(request, principal, raw, position_id, command,
-                          expected_version=_if_match(request))
+    return await _command(
+        request,
+        principal,
+        raw,
+        position_id,
+        command,
+        expected_version=_if_match(request),
+        location=location,
+    )
 
 
 async def close_position(request: Request) -> Response:
@@ -295,16 +306,29 @@ async def close_position(request: Request) -> Response:
     if exit_price is None:
         exit_price = await queries.current_price(_services(request).pool, position_id)
     command = ClosePosition(at=_now(), exit_price=exit_price, quantity=quantity)
-    return await _command(request, principal, b"", position_id, command,
-                          expected_version=_if_match(request), location="query")
+    return await _command(
+        request,
+        principal,
+        b"",
+        position_id,
+        command,
+        expected_version=_if_match(request),
+        location="query",
+    )
 
 
 async def delete_position(request: Request) -> Response:
     principal = authenticate(request)
     require(principal, {Role.ADMIN})
     position_id = _position_id(request)
-    return await _command(request, principal, b"", position_id, DeletePosition(at=_now()),
-                          expected_version=_if_match(request))
+    return await _command(
+        request,
+        principal,
+        b"",
+        position_id,
+        DeletePosition(at=_now()),
+        expected_version=_if_match(request),
+    )
 
 
 async def bulk_update(request: Request) -> Response:
@@ -327,11 +351,13 @@ async def bulk_update(request: Request) -> Response:
                 )
             except AtomicFailure as failure:
                 return JSONResponse(
-                    {**error_body(request, 409, str(failure)),
-                     "failed": _failures(failure.failures)},
+                    {
+                        **error_body(request, 409, str(failure)),
+                        "failed": _failures(failure.failures),
+                    },
                     status_code=409,
                 )
-            results: dict[UUID, Outcome | Exception] = dict(zip(ids, outcomes))
+            results: dict[UUID, Outcome | Exception] = dict(zip(ids, outcomes, strict=True))
         else:
             # Each position is locked until the request's transaction ends: take them in one
             # order, so that two bulk updates over the same positions cannot deadlock.
@@ -356,8 +382,14 @@ def _failures(failures: dict[UUID, Exception]) -> list[dict[str, Any]]:
         error = as_api_error(failure)
         if error is None:
             raise failure
-        answer.append({"id": position_id, "status": error.status, "detail": error.detail,
-                       **({"errors": error.errors} if error.errors else {})})
+        answer.append(
+            {
+                "id": position_id,
+                "status": error.status,
+                "detail": error.detail,
+                **({"errors": error.errors} if error.errors else {}),
+            }
+        )
     return answer
 
 
@@ -397,11 +429,13 @@ async def update_prices(request: Request) -> Response:
         recorded = await handlers.update_market_prices(command, metadata, connection=connection)
         symbols = sorted(recorded[0].data["prices"])
         count = await queries.count_open(connection, symbols)
-        return JSONResponse({
-            "symbols": symbols,
-            "positions_updated": count,
-            "position": recorded[0].global_position,
-        })
+        return JSONResponse(
+            {
+                "symbols": symbols,
+                "positions_updated": count,
+                "position": recorded[0].global_position,
+            }
+        )
 
     return await run_command(request, principal.subject, raw, operation)
 

@@ -7,6 +7,7 @@ has an id no other test uses.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -14,8 +15,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-
-import asyncio
 
 import asyncpg
 import httpx
@@ -74,9 +73,12 @@ def service_url(api_database: str) -> Iterator[str]:
     thread.join(15)
 
 
-def token(subject: str, role: Role | str = Role.USER, *, ttl: timedelta = timedelta(hours=1)) -> str:
-    return mint_token(secret_or_private_key=SECRET, algorithm="HS256", subject=subject,
-                      role=Role(role), ttl=ttl)
+def token(
+    subject: str, role: Role | str = Role.USER, *, ttl: timedelta = timedelta(hours=1)
+) -> str:
+    return mint_token(
+        secret_or_private_key=SECRET, algorithm="HS256", subject=subject, role=Role(role), ttl=ttl
+    )
 
 
 @dataclass
@@ -88,7 +90,7 @@ class Caller:
     http: httpx.Client
 
     def open(self, **fields: object) -> dict:
-        """Open a position (defaults: 10 AAPL long at 100) and return it; fails the test if refused."""
+        """Open a position (default: 10 AAPL long at 100) and return it; refused: the test fails."""
         body = {"symbol": "AAPL", "side": "long", "quantity": 10, "entry_price": 100, **fields}
         response = self.http.post("/positions", json=body)
         assert response.status_code == 201, response.text
@@ -102,7 +104,8 @@ def make_caller(service_url: str) -> Iterator:
     def make(role: Role | str = Role.USER, subject: str | None = None) -> Caller:
         subject = subject or f"{Role(role).value}-{uuid.uuid4().hex[:10]}"
         client = httpx.Client(
-            base_url=service_url, timeout=30,
+            base_url=service_url,
+            timeout=30,
             headers={"Authorization": f"Bearer {token(subject, role)}"},
         )
         clients.append(client)

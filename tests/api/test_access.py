@@ -22,7 +22,6 @@ Decisions of this codebase the SPEC leaves open (asserted here, so a change is n
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 import warnings
@@ -39,6 +38,7 @@ from jwt.warnings import InsecureKeyLengthWarning
 from api.auth import Role
 
 from .conftest import SECRET, Caller, token
+from .support import assert_error, b64url
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -52,28 +52,8 @@ def unique_symbol() -> str:
     return "T" + uuid.uuid4().hex[:10].upper()
 
 
-def assert_error(response: httpx.Response, status: int, path: str,
-                 correlation_id: str | None = None) -> dict:
-    """The status, and the SPEC's error body: detail, timestamp, path, correlation_id."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert isinstance(body["detail"], str) and body["detail"], body
-    stamp = datetime.fromisoformat(body["timestamp"])
-    assert stamp.utcoffset() == timedelta(0), body
-    assert body["path"] == path, body
-    assert body["correlation_id"], body
-    assert body["correlation_id"] == response.headers["x-correlation-id"]
-    if correlation_id is not None:
-        assert body["correlation_id"] == correlation_id
-    return body
-
-
 def ids(positions: list[dict]) -> list[str]:
     return [p["id"] for p in positions]
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def hour_from_now() -> int:
@@ -93,7 +73,7 @@ def unsigned(claims: dict) -> str:
 
 
 def tampered(subject: str) -> str:
-    """A genuine user token whose claims were rewritten to say admin; the signature is the old one."""
+    """A genuine user token with its claims rewritten to say admin; the old signature."""
     header, _, signature = token(subject, Role.USER).split(".")
     claims = {"sub": subject, "role": "admin", "exp": hour_from_now()}
     return f"{header}.{b64url(json.dumps(claims).encode())}.{signature}"
@@ -130,34 +110,51 @@ class Route:
     def url(self, position_id: str) -> str:
         return self.path.replace("{id}", position_id)
 
-    def call(self, client: httpx.Client, position_id: str, symbol: str, **extra: Any
-             ) -> httpx.Response:
+    def call(
+        self, client: httpx.Client, position_id: str, symbol: str, **extra: Any
+    ) -> httpx.Response:
         body = self.json(position_id, symbol) if callable(self.json) else self.json
         params = {**self.params, **extra.pop("params", {})}
-        return client.request(self.method, self.url(position_id), json=body,
-                              params=params or None, **extra)
+        return client.request(
+            self.method, self.url(position_id), json=body, params=params or None, **extra
+        )
 
     def __str__(self) -> str:
         return f"{self.method} {self.path}"
 
 
-ROUTES: dict[str, Route] = {route_.__str__(): route_ for route_ in (
-    Route("GET", "/positions"),
-    Route("GET", "/positions/{id}"),
-    Route("POST", "/positions",
-          json=lambda _, symbol: {"symbol": symbol, "side": "long", "quantity": 1,
-                                  "entry_price": 100}),
-    Route("PUT", "/positions/{id}", json={"notes": "changed"}),
-    Route("POST", "/positions/{id}/open", json={"entry_price": 101}, pending=True),
-    Route("POST", "/positions/{id}/increase", json={"quantity": 5, "price": 110}),
-    Route("POST", "/positions/{id}/close", params={"exit_price": 120}),
-    Route("DELETE", "/positions/{id}"),
-    Route("POST", "/positions/bulk-update",
-          json=lambda position_id, _: {"position_ids": [position_id],
-                                       "updates": {"notes": "bulk"}}),
-    Route("POST", "/positions/update-prices", json=lambda _, symbol: {symbol: 150}),
-    Route("GET", "/portfolio/summary"),
-)}
+ROUTES: dict[str, Route] = {
+    route_.__str__(): route_
+    for route_ in (
+        Route("GET", "/positions"),
+        Route("GET", "/positions/{id}"),
+        Route(
+            "POST",
+            "/positions",
+            json=lambda _, symbol: {
+                "symbol": symbol,
+                "side": "long",
+                "quantity": 1,
+                "entry_price": 100,
+            },
+        ),
+        Route("PUT", "/positions/{id}", json={"notes": "changed"}),
+        Route("POST", "/positions/{id}/open", json={"entry_price": 101}, pending=True),
+        Route("POST", "/positions/{id}/increase", json={"quantity": 5, "price": 110}),
+        Route("POST", "/positions/{id}/close", params={"exit_price": 120}),
+        Route("DELETE", "/positions/{id}"),
+        Route(
+            "POST",
+            "/positions/bulk-update",
+            json=lambda position_id, _: {
+                "position_ids": [position_id],
+                "updates": {"notes": "bulk"},
+            },
+        ),
+        Route("POST", "/positions/update-prices", json=lambda _, symbol: {symbol: 150}),
+        Route("GET", "/portfolio/summary"),
+    )
+}
 
 # How an intruder (with a fresh subject, claiming admin where a token carries claims) calls.
 BAD_CREDENTIALS: dict[str, Callable[[str], tuple[dict[str, str], dict[str, str]]]] = {
@@ -167,25 +164,52 @@ BAD_CREDENTIALS: dict[str, Callable[[str], tuple[dict[str, str], dict[str, str]]
     "Basic scheme": lambda s: ({"Authorization": "Basic " + b64url(f"{s}:pw".encode())}, {}),
     "token without the Bearer scheme": lambda s: ({"Authorization": token(s, Role.ADMIN)}, {}),
     "Bearer with two tokens": lambda s: (
-        {"Authorization": f"Bearer {token(s, Role.ADMIN)} {token(s, Role.ADMIN)}"}, {}),
+        {"Authorization": f"Bearer {token(s, Role.ADMIN)} {token(s, Role.ADMIN)}"},
+        {},
+    ),
     "not a JWT": lambda s: ({"Authorization": "Bearer not-a-jwt"}, {}),
-    "wrong signature": lambda s: ({"Authorization": "Bearer " + signed(
-        {"sub": s, "role": "admin", "exp": hour_from_now()},
-        key="another-secret-that-is-also-long-enough-for-hs256")}, {}),
+    "wrong signature": lambda s: (
+        {
+            "Authorization": "Bearer "
+            + signed(
+                {"sub": s, "role": "admin", "exp": hour_from_now()},
+                key="another-secret-that-is-also-long-enough-for-hs256",
+            )
+        },
+        {},
+    ),
     "tampered claims": lambda s: ({"Authorization": f"Bearer {tampered(s)}"}, {}),
     "expired": lambda s: (
-        {"Authorization": f"Bearer {token(s, Role.ADMIN, ttl=timedelta(seconds=-30))}"}, {}),
-    "alg none": lambda s: ({"Authorization": "Bearer " + unsigned(
-        {"sub": s, "role": "admin", "exp": hour_from_now()})}, {}),
-    "alg HS384 with the right secret": lambda s: ({"Authorization": "Bearer " + signed(
-        {"sub": s, "role": "admin", "exp": hour_from_now()}, algorithm="HS384")}, {}),
-    "no sub": lambda s: ({"Authorization": "Bearer " + signed(
-        {"role": "admin", "exp": hour_from_now()})}, {}),
-    "empty sub": lambda s: ({"Authorization": "Bearer " + signed(
-        {"sub": "", "role": "admin", "exp": hour_from_now()})}, {}),
+        {"Authorization": f"Bearer {token(s, Role.ADMIN, ttl=timedelta(seconds=-30))}"},
+        {},
+    ),
+    "alg none": lambda s: (
+        {
+            "Authorization": "Bearer "
+            + unsigned({"sub": s, "role": "admin", "exp": hour_from_now()})
+        },
+        {},
+    ),
+    "alg HS384 with the right secret": lambda s: (
+        {
+            "Authorization": "Bearer "
+            + signed({"sub": s, "role": "admin", "exp": hour_from_now()}, algorithm="HS384")
+        },
+        {},
+    ),
+    "no sub": lambda s: (
+        {"Authorization": "Bearer " + signed({"role": "admin", "exp": hour_from_now()})},
+        {},
+    ),
+    "empty sub": lambda s: (
+        {"Authorization": "Bearer " + signed({"sub": "", "role": "admin", "exp": hour_from_now()})},
+        {},
+    ),
     "no exp": lambda s: ({"Authorization": "Bearer " + signed({"sub": s, "role": "admin"})}, {}),
-    "unknown role": lambda s: ({"Authorization": "Bearer " + signed(
-        {"sub": s, "role": "root", "exp": hour_from_now()})}, {}),
+    "unknown role": lambda s: (
+        {"Authorization": "Bearer " + signed({"sub": s, "role": "root", "exp": hour_from_now()})},
+        {},
+    ),
     "valid token in ?token= instead of the header": lambda s: ({}, {"token": token(s, Role.ADMIN)}),
 }
 
@@ -202,8 +226,13 @@ def test_a_bad_or_missing_token_is_401_and_records_nothing(
     headers, params = BAD_CREDENTIALS[credentials](intruder)
     correlation_id = unique("corr")
 
-    response = the_route.call(anonymous, victim["id"], symbol, params=params,
-                              headers={**headers, "X-Correlation-ID": correlation_id})
+    response = the_route.call(
+        anonymous,
+        victim["id"],
+        symbol,
+        params=params,
+        headers={**headers, "X-Correlation-ID": correlation_id},
+    )
 
     assert_error(response, 401, the_route.url(victim["id"]), correlation_id)
     assert response.headers["www-authenticate"].split()[0] == "Bearer"
@@ -231,8 +260,9 @@ def test_the_bearer_scheme_is_case_insensitive(user: Caller, anonymous: httpx.Cl
     """RFC 6750/7235: the scheme name is case-insensitive; the token is what matters."""
     mine = user.open()
 
-    response = anonymous.get(f"/positions/{mine['id']}",
-                             headers={"Authorization": f"bearer {token(user.subject)}"})
+    response = anonymous.get(
+        f"/positions/{mine['id']}", headers={"Authorization": f"bearer {token(user.subject)}"}
+    )
 
     assert response.status_code == 200, response.text
     assert response.json() == mine
@@ -246,24 +276,27 @@ ROLES = ("owner", "other_user", "admin", "service")
 
 MATRIX: dict[str, dict[str, int]] = {
     #                                 owner  other_user  admin  service
-    "GET /positions":                 dict(owner=200, other_user=200, admin=200, service=200),
-    "GET /positions?owner=":          dict(owner=200, other_user=403, admin=200, service=200),
-    "GET /positions/{id}":            dict(owner=200, other_user=404, admin=200, service=200),
-    "POST /positions":                dict(owner=201, other_user=201, admin=201, service=403),
-    "PUT /positions/{id}":            dict(owner=200, other_user=404, admin=200, service=403),
-    "POST /positions/{id}/open":      dict(owner=200, other_user=404, admin=200, service=403),
-    "POST /positions/{id}/increase":  dict(owner=200, other_user=404, admin=200, service=403),
-    "POST /positions/{id}/close":     dict(owner=200, other_user=404, admin=200, service=403),
-    "DELETE /positions/{id}":         dict(owner=403, other_user=403, admin=204, service=403),
-    "POST /positions/bulk-update":    dict(owner=200, other_user=200, admin=200, service=403),
-    "POST /positions/update-prices":  dict(owner=403, other_user=403, admin=200, service=200),
-    "GET /portfolio/summary":         dict(owner=200, other_user=200, admin=200, service=200),
-    "GET /portfolio/summary?owner=":  dict(owner=200, other_user=403, admin=200, service=200),
+    "GET /positions": dict(owner=200, other_user=200, admin=200, service=200),
+    "GET /positions?owner=": dict(owner=200, other_user=403, admin=200, service=200),
+    "GET /positions/{id}": dict(owner=200, other_user=404, admin=200, service=200),
+    "POST /positions": dict(owner=201, other_user=201, admin=201, service=403),
+    "PUT /positions/{id}": dict(owner=200, other_user=404, admin=200, service=403),
+    "POST /positions/{id}/open": dict(owner=200, other_user=404, admin=200, service=403),
+    "POST /positions/{id}/increase": dict(owner=200, other_user=404, admin=200, service=403),
+    "POST /positions/{id}/close": dict(owner=200, other_user=404, admin=200, service=403),
+    "DELETE /positions/{id}": dict(owner=403, other_user=403, admin=204, service=403),
+    "POST /positions/bulk-update": dict(owner=200, other_user=200, admin=200, service=403),
+    "POST /positions/update-prices": dict(owner=403, other_user=403, admin=200, service=200),
+    "GET /portfolio/summary": dict(owner=200, other_user=200, admin=200, service=200),
+    "GET /portfolio/summary?owner=": dict(owner=200, other_user=403, admin=200, service=200),
 }
 assert set(MATRIX) >= set(ROUTES), "every route is in the matrix"
 
-CASES = [pytest.param(route, role, MATRIX[route][role], id=f"{route} as {role}")
-         for route in MATRIX for role in ROLES]
+CASES = [
+    pytest.param(route, role, MATRIX[route][role], id=f"{route} as {role}")
+    for route in MATRIX
+    for role in ROLES
+]
 
 
 @pytest.fixture
@@ -279,8 +312,11 @@ def test_role_matrix(
     base, _, owner_filter = route.partition("?")
     the_route = ROUTES[base]
     symbol = unique_symbol()
-    before = owner.open(symbol=symbol, strategy=unique("strategy"),
-                        status="pending" if the_route.pending else "open")
+    before = owner.open(
+        symbol=symbol,
+        strategy=unique("strategy"),
+        status="pending" if the_route.pending else "open",
+    )
     position_id = before["id"]
     params = {"owner": owner.subject} if owner_filter else {}
     if base == "GET /positions" and not owner_filter:
@@ -309,10 +345,21 @@ def test_role_matrix(
     if base == "POST /positions/update-prices" and status == 200:
         # Prices are global: the position is re-marked, nothing else about it changes.
         assert after["current_price"] == 150
-        assert {**after, "current_price": None, "market_value": None, "unrealized_pnl": None,
-                "unrealized_pnl_pct": None, "updated_at": None} == \
-            {**before, "current_price": None, "market_value": None, "unrealized_pnl": None,
-             "unrealized_pnl_pct": None, "updated_at": None}
+        assert {
+            **after,
+            "current_price": None,
+            "market_value": None,
+            "unrealized_pnl": None,
+            "unrealized_pnl_pct": None,
+            "updated_at": None,
+        } == {
+            **before,
+            "current_price": None,
+            "market_value": None,
+            "unrealized_pnl": None,
+            "unrealized_pnl_pct": None,
+            "updated_at": None,
+        }
     elif not changes_it:
         assert after == before, "a refused or read-only call changed nothing"
     else:
@@ -386,8 +433,13 @@ def test_a_user_lists_only_its_own_positions(user: Caller, other_user: Caller) -
     mine = [user.open(strategy=strategy), user.open(strategy=strategy, symbol="MSFT")]
     theirs = other_user.open(strategy=strategy)
 
-    for params in ({}, {"strategy": strategy}, {"symbol": "AAPL"}, {"status": "open"},
-                   {"owner": user.subject}):
+    for params in (
+        {},
+        {"strategy": strategy},
+        {"symbol": "AAPL"},
+        {"status": "open"},
+        {"owner": user.subject},
+    ):
         response = user.http.get("/positions", params=params)
         assert response.status_code == 200, (params, response.text)
         listed = response.json()
@@ -452,9 +504,7 @@ def test_admin_and_service_filter_by_owner(
 
 
 @pytest.mark.parametrize("role", [Role.ADMIN, Role.SERVICE])
-def test_admin_and_service_read_anyones_position(
-    role: Role, make_caller, user: Caller
-) -> None:
+def test_admin_and_service_read_anyones_position(role: Role, make_caller, user: Caller) -> None:
     mine = user.open(notes="private")
 
     response = make_caller(role).http.get(f"/positions/{mine['id']}")
@@ -464,8 +514,11 @@ def test_admin_and_service_read_anyones_position(
 
 
 # Routes that name a position, each with a request that would succeed on one's own position.
-NAMING = {name: route_ for name, route_ in ROUTES.items() if "{id}" in route_.path
-          and route_.method != "DELETE"}
+NAMING = {
+    name: route_
+    for name, route_ in ROUTES.items()
+    if "{id}" in route_.path and route_.method != "DELETE"
+}
 
 
 @pytest.mark.parametrize("route", NAMING)
@@ -498,8 +551,10 @@ class Probe:
 
 
 def _close(owner: Caller, position: dict) -> None:
-    assert owner.http.post(f"/positions/{position['id']}/close",
-                           params={"exit_price": 90}).status_code == 200
+    assert (
+        owner.http.post(f"/positions/{position['id']}/close", params={"exit_price": 90}).status_code
+        == 200
+    )
 
 
 def _nothing(owner: Caller, position: dict) -> None:
@@ -508,27 +563,39 @@ def _nothing(owner: Caller, position: dict) -> None:
 
 PROBES = {
     "close with no exit price and no market price (409)": Probe(
-        409, _nothing, lambda c, p: c.post(f"/positions/{p['id']}/close")),
+        409, _nothing, lambda c, p: c.post(f"/positions/{p['id']}/close")
+    ),
     "close more than is open (422)": Probe(
-        422, _nothing,
-        lambda c, p: c.post(f"/positions/{p['id']}/close",
-                            params={"exit_price": 100, "quantity": 1000})),
+        422,
+        _nothing,
+        lambda c, p: c.post(
+            f"/positions/{p['id']}/close", params={"exit_price": 100, "quantity": 1000}
+        ),
+    ),
     "stale If-Match (412)": Probe(
-        412, _nothing,
-        lambda c, p: c.put(f"/positions/{p['id']}", json={"notes": "x"},
-                           headers={"If-Match": '"7"'})),
+        412,
+        _nothing,
+        lambda c, p: c.put(
+            f"/positions/{p['id']}", json={"notes": "x"}, headers={"If-Match": '"7"'}
+        ),
+    ),
     "change a closed position (409)": Probe(
-        409, _close, lambda c, p: c.put(f"/positions/{p['id']}", json={"notes": "x"})),
+        409, _close, lambda c, p: c.put(f"/positions/{p['id']}", json={"notes": "x"})
+    ),
     "close a closed position (409)": Probe(
-        409, _close, lambda c, p: c.post(f"/positions/{p['id']}/close",
-                                         params={"exit_price": 100})),
+        409, _close, lambda c, p: c.post(f"/positions/{p['id']}/close", params={"exit_price": 100})
+    ),
     "increase a closed position (409)": Probe(
-        409, _close, lambda c, p: c.post(f"/positions/{p['id']}/increase",
-                                         json={"quantity": 1, "price": 100})),
+        409,
+        _close,
+        lambda c, p: c.post(f"/positions/{p['id']}/increase", json={"quantity": 1, "price": 100}),
+    ),
     "fill an open position (409)": Probe(
-        409, _nothing, lambda c, p: c.post(f"/positions/{p['id']}/open")),
+        409, _nothing, lambda c, p: c.post(f"/positions/{p['id']}/open")
+    ),
     "take profit below the entry (422)": Probe(
-        422, _nothing, lambda c, p: c.put(f"/positions/{p['id']}", json={"take_profit": 50})),
+        422, _nothing, lambda c, p: c.put(f"/positions/{p['id']}", json={"take_profit": 50})
+    ),
 }
 
 
@@ -554,16 +621,28 @@ def test_another_users_position_state_never_shows_through(
 
 
 IF_MATCH_ROUTES = {
-    "PUT /positions/{id}": (Role.USER, lambda c, i, h: c.put(f"/positions/{i}", json={"notes": "x"},
-                                                             headers=h)),
-    "POST /positions/{id}/open": (Role.USER, lambda c, i, h: c.post(f"/positions/{i}/open",
-                                                                   headers=h)),
-    "POST /positions/{id}/increase": (Role.USER, lambda c, i, h: c.post(
-        f"/positions/{i}/increase", json={"quantity": 1, "price": 100}, headers=h)),
-    "POST /positions/{id}/close": (Role.USER, lambda c, i, h: c.post(
-        f"/positions/{i}/close", params={"exit_price": 100}, headers=h)),
-    "DELETE /positions/{id} (admin)": (Role.ADMIN, lambda c, i, h: c.delete(f"/positions/{i}",
-                                                                           headers=h)),
+    "PUT /positions/{id}": (
+        Role.USER,
+        lambda c, i, h: c.put(f"/positions/{i}", json={"notes": "x"}, headers=h),
+    ),
+    "POST /positions/{id}/open": (
+        Role.USER,
+        lambda c, i, h: c.post(f"/positions/{i}/open", headers=h),
+    ),
+    "POST /positions/{id}/increase": (
+        Role.USER,
+        lambda c, i, h: c.post(
+            f"/positions/{i}/increase", json={"quantity": 1, "price": 100}, headers=h
+        ),
+    ),
+    "POST /positions/{id}/close": (
+        Role.USER,
+        lambda c, i, h: c.post(f"/positions/{i}/close", params={"exit_price": 100}, headers=h),
+    ),
+    "DELETE /positions/{id} (admin)": (
+        Role.ADMIN,
+        lambda c, i, h: c.delete(f"/positions/{i}", headers=h),
+    ),
 }
 
 
@@ -606,10 +685,13 @@ def test_bulk_update_fails_another_users_ids_alone(
     theirs = other_user.open()
     missing = str(uuid.uuid4())
 
-    response = user.http.post("/positions/bulk-update", json={
-        "position_ids": [first["id"], theirs["id"], missing, second["id"]],
-        "updates": {"notes": "mine"},
-    })
+    response = user.http.post(
+        "/positions/bulk-update",
+        json={
+            "position_ids": [first["id"], theirs["id"], missing, second["id"]],
+            "updates": {"notes": "mine"},
+        },
+    )
 
     assert response.status_code == 200, response.text
     body = response.json()
@@ -619,8 +701,9 @@ def test_bulk_update_fails_another_users_ids_alone(
     assert set(failed) == {theirs["id"], missing}
     assert failed[theirs["id"]]["status"] == 404
     # Indistinguishable from an id that exists nowhere.
-    assert {k: v for k, v in failed[theirs["id"]].items() if k != "id"} == \
-        {k: v for k, v in failed[missing].items() if k != "id"}
+    assert {k: v for k, v in failed[theirs["id"]].items() if k != "id"} == {
+        k: v for k, v in failed[missing].items() if k != "id"
+    }
     assert seen(observer, theirs["id"]) == theirs
 
 
@@ -630,10 +713,14 @@ def test_an_atomic_bulk_update_with_another_users_id_changes_nothing(
     mine = user.open()
     theirs = other_user.open()
 
-    response = user.http.post("/positions/bulk-update", json={
-        "position_ids": [mine["id"], theirs["id"]], "updates": {"notes": "all or nothing"},
-        "atomic": True,
-    })
+    response = user.http.post(
+        "/positions/bulk-update",
+        json={
+            "position_ids": [mine["id"], theirs["id"]],
+            "updates": {"notes": "all or nothing"},
+            "atomic": True,
+        },
+    )
 
     assert_error(response, 409, "/positions/bulk-update")
     assert [(f["id"], f["status"]) for f in response.json()["failed"]] == [(theirs["id"], 404)]
@@ -647,9 +734,14 @@ def test_admin_bulk_updates_anyones_positions(
 ) -> None:
     positions = [user.open(), other_user.open()]
 
-    response = admin.http.post("/positions/bulk-update", json={
-        "position_ids": ids(positions), "updates": {"notes": "desk"}, "atomic": atomic,
-    })
+    response = admin.http.post(
+        "/positions/bulk-update",
+        json={
+            "position_ids": ids(positions),
+            "updates": {"notes": "desk"},
+            "atomic": atomic,
+        },
+    )
 
     assert response.status_code == 200, response.text
     body = response.json()
@@ -666,8 +758,10 @@ def test_ownership_cannot_be_changed_through_an_update(
 
     for caller in (user, admin):
         put = caller.http.put(f"/positions/{mine['id']}", json={"owner": other_user.subject})
-        bulk = caller.http.post("/positions/bulk-update", json={
-            "position_ids": [mine["id"]], "updates": {"owner": other_user.subject}})
+        bulk = caller.http.post(
+            "/positions/bulk-update",
+            json={"position_ids": [mine["id"]], "updates": {"owner": other_user.subject}},
+        )
         assert_error(put, 422, f"/positions/{mine['id']}")
         assert_error(bulk, 422, "/positions/bulk-update")
 
@@ -680,10 +774,16 @@ def test_a_user_may_not_open_a_position_for_someone_else(
 ) -> None:
     symbol = unique_symbol()
 
-    response = user.http.post("/positions", json={
-        "symbol": symbol, "side": "long", "quantity": 1, "entry_price": 100,
-        "owner": other_user.subject,
-    })
+    response = user.http.post(
+        "/positions",
+        json={
+            "symbol": symbol,
+            "side": "long",
+            "quantity": 1,
+            "entry_price": 100,
+            "owner": other_user.subject,
+        },
+    )
 
     assert_error(response, 403, "/positions")
     assert observer.http.get("/positions", params={"symbol": symbol}).json() == []
@@ -699,8 +799,9 @@ def test_an_admin_opens_a_position_that_belongs_to_the_named_owner(
     assert opened["owner"] == user.subject
     assert user.http.get("/positions").json() == [opened]
     assert admin.http.get("/positions", params={"owner": admin.subject}).json() == []
-    assert user.http.put(f"/positions/{opened['id']}",
-                         json={"notes": "mine now"}).status_code == 200
+    assert (
+        user.http.put(f"/positions/{opened['id']}", json={"notes": "mine now"}).status_code == 200
+    )
     assert other_user.http.get(f"/positions/{opened['id']}").status_code == 404
 
 
@@ -708,8 +809,10 @@ def test_a_service_may_not_open_a_position_even_for_a_named_owner(
     service: Caller, user: Caller
 ) -> None:
     for extra in ({}, {"owner": user.subject}, {"owner": service.subject}):
-        response = service.http.post("/positions", json={
-            "symbol": "AAPL", "side": "long", "quantity": 1, "entry_price": 100, **extra})
+        response = service.http.post(
+            "/positions",
+            json={"symbol": "AAPL", "side": "long", "quantity": 1, "entry_price": 100, **extra},
+        )
         assert_error(response, 403, "/positions")
     assert user.http.get("/positions").json() == []
     assert service.http.get("/positions", params={"owner": service.subject}).json() == []
@@ -768,10 +871,15 @@ def test_idempotency_keys_belong_to_their_caller(
     assert second.json()["owner"] == other_user.subject
     # Another caller's key never replays that caller's answer, not even on its position.
     close = f"/positions/{first.json()['id']}/close"
-    assert user.http.post(close, params={"exit_price": 1}, headers={"Idempotency-Key": key + "c"}
-                          ).status_code == 200
-    replay = other_user.http.post(close, params={"exit_price": 1},
-                                  headers={"Idempotency-Key": key + "c"})
+    assert (
+        user.http.post(
+            close, params={"exit_price": 1}, headers={"Idempotency-Key": key + "c"}
+        ).status_code
+        == 200
+    )
+    replay = other_user.http.post(
+        close, params={"exit_price": 1}, headers={"Idempotency-Key": key + "c"}
+    )
     assert_error(replay, 404, close)
     assert "idempotent-replayed" not in replay.headers
     assert seen(observer, first.json()["id"])["status"] == "closed"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -24,6 +23,8 @@ from api.auth import (
     mint_token,
 )
 from api.config import ConfigError
+
+from .support import b64url
 
 SECRET = "s" * 32 + "-test-secret"
 OTHER_SECRET = "o" * 32 + "-another-secret"
@@ -77,10 +78,6 @@ def rs256(rsa_key) -> TokenVerifier:
     )
 
 
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def segment(value: dict) -> str:
     return b64url(json.dumps(value, separators=(",", ":")).encode())
 
@@ -113,8 +110,13 @@ def rejected(verifier: TokenVerifier, token: str) -> str:
 @pytest.mark.parametrize("role", list(Role))
 def test_a_valid_hs256_token_gives_its_principal(hs256, now, role) -> None:
     token = mint_token(
-        secret_or_private_key=SECRET, algorithm="HS256", subject="alice", role=role,
-        ttl=HOUR, now=now, token_id="t-1",
+        secret_or_private_key=SECRET,
+        algorithm="HS256",
+        subject="alice",
+        role=role,
+        ttl=HOUR,
+        now=now,
+        token_id="t-1",
     )
 
     assert hs256.verify(token) == Principal(
@@ -132,8 +134,12 @@ def test_role_defaults_to_user_and_jti_is_optional(hs256, now) -> None:
 
 def test_rs256_with_a_generated_key(rsa_key, rs256, now) -> None:
     token = mint_token(
-        secret_or_private_key=_private_pem(rsa_key), algorithm="RS256", subject="svc",
-        role=Role.SERVICE, ttl=HOUR, now=now,
+        secret_or_private_key=_private_pem(rsa_key),
+        algorithm="RS256",
+        subject="svc",
+        role=Role.SERVICE,
+        ttl=HOUR,
+        now=now,
     )
 
     assert rs256.verify(token).role is Role.SERVICE
@@ -144,8 +150,12 @@ def test_es256_with_a_generated_key(ec_key, now) -> None:
         AuthSettings(algorithm="ES256", secret=None, public_key=_public_pem(ec_key))
     )
     token = mint_token(
-        secret_or_private_key=_private_pem(ec_key), algorithm="ES256", subject="bob",
-        role=Role.ADMIN, ttl=HOUR, now=now,
+        secret_or_private_key=_private_pem(ec_key),
+        algorithm="ES256",
+        subject="bob",
+        role=Role.ADMIN,
+        ttl=HOUR,
+        now=now,
     )
 
     assert verifier.verify(token).subject == "bob"
@@ -190,8 +200,12 @@ def test_an_exp_that_is_not_a_usable_timestamp_is_refused(hs256, now, exp) -> No
 
 def test_an_expired_token_is_refused(hs256, now) -> None:
     token = mint_token(
-        secret_or_private_key=SECRET, algorithm="HS256", subject="alice", role=Role.USER,
-        ttl=HOUR, now=now - 2 * HOUR,
+        secret_or_private_key=SECRET,
+        algorithm="HS256",
+        subject="alice",
+        role=Role.USER,
+        ttl=HOUR,
+        now=now - 2 * HOUR,
     )
 
     assert rejected(hs256, token) == "token expired"
@@ -285,8 +299,11 @@ def test_an_rs256_token_from_another_key_is_refused(rs256, now) -> None:
 def strict() -> TokenVerifier:
     return TokenVerifier(
         AuthSettings(
-            algorithm="HS256", secret=SECRET, public_key=None,
-            issuer="https://idp.example", audience="positions",
+            algorithm="HS256",
+            secret=SECRET,
+            public_key=None,
+            issuer="https://idp.example",
+            audience="positions",
         )
     )
 

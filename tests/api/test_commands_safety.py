@@ -6,21 +6,19 @@ Races are real: each racer has its own connection, opened beforehand, and they a
 
 from __future__ import annotations
 
-import asyncio
-import json
 import threading
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
-from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
 from .conftest import Caller
+from .support import db_fetch, event_types, events_of, fresh_symbol
 
 Request = Callable[[httpx.Client], httpx.Response]
 
@@ -28,39 +26,10 @@ Request = Callable[[httpx.Client], httpx.Response]
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def fresh_symbol() -> str:
-    return "T" + uuid.uuid4().hex[:8].upper()
-
-
-def db_fetch(dsn: str, statement: str, *arguments: object) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        connection = await asyncpg.connect(dsn)
-        try:
-            return await connection.fetch(statement, *arguments)
-        finally:
-            await connection.close()
-
-    return asyncio.run(run())
-
-
-def events_of(dsn: str, position_id: str) -> list[dict[str, Any]]:
-    rows = db_fetch(
-        dsn,
-        "SELECT event_type, data::text AS data, metadata::text AS metadata FROM events "
-        "WHERE stream_id = $1 ORDER BY stream_version",
-        f"position-{position_id}",
-    )
-    return [{"event_type": r["event_type"], "data": json.loads(r["data"]),
-             "metadata": json.loads(r["metadata"])} for r in rows]
-
-
-def event_types(dsn: str, position_id: str) -> list[str]:
-    return [e["event_type"] for e in events_of(dsn, position_id)]
-
-
 def events_with_key(dsn: str, key: str) -> list[asyncpg.Record]:
     return db_fetch(
-        dsn, "SELECT stream_id, event_type FROM events WHERE metadata->>'idempotency_key' = $1",
+        dsn,
+        "SELECT stream_id, event_type FROM events WHERE metadata->>'idempotency_key' = $1",
         key,
     )
 
@@ -128,8 +97,9 @@ def test_concurrent_closes_at_different_prices_realize_one_of_them(
     created = user.open()
     path = f"/positions/{created['id']}/close"
 
-    answers = race(user, [lambda c, p=p: c.post(path, params={"exit_price": p})
-                          for p in (90, 110, 120)])
+    answers = race(
+        user, [lambda c, p=p: c.post(path, params={"exit_price": p}) for p in (90, 110, 120)]
+    )
 
     assert sorted(a.status_code for a in answers) == [200, 409, 409]
     winner = next(a for a in answers if a.status_code == 200).json()
@@ -157,10 +127,13 @@ def test_a_close_racing_a_delete_leaves_a_deleted_position(
     created = user.open()
     path = f"/positions/{created['id']}"
 
-    closing, deleting = race(admin, [
-        lambda c: c.post(f"{path}/close", params={"exit_price": 100}),
-        lambda c: c.delete(path),
-    ])
+    closing, deleting = race(
+        admin,
+        [
+            lambda c: c.post(f"{path}/close", params={"exit_price": 100}),
+            lambda c: c.delete(path),
+        ],
+    )
 
     assert deleting.status_code == 204
     assert closing.status_code in (200, 404), closing.text
@@ -256,11 +229,16 @@ def test_the_same_key_with_another_request_is_refused(
 def test_the_same_key_on_another_endpoint_is_refused(user: Caller, api_database: str) -> None:
     a, b = user.open(), user.open()
     k = key()
-    assert user.http.put(f"/positions/{a['id']}", json={"notes": "n"},
-                         headers={"Idempotency-Key": k}).status_code == 200
+    assert (
+        user.http.put(
+            f"/positions/{a['id']}", json={"notes": "n"}, headers={"Idempotency-Key": k}
+        ).status_code
+        == 200
+    )
 
-    response = user.http.put(f"/positions/{b['id']}", json={"notes": "n"},
-                             headers={"Idempotency-Key": k})
+    response = user.http.put(
+        f"/positions/{b['id']}", json={"notes": "n"}, headers={"Idempotency-Key": k}
+    )
 
     assert response.status_code == 422, response.text
     assert user.http.get(f"/positions/{b['id']}").json()["notes"] is None
@@ -288,8 +266,9 @@ def test_concurrent_requests_with_one_key_open_one_position(
 ) -> None:
     k = key()
 
-    answers = race(user, [lambda c: c.post("/positions", json=BODY,
-                                           headers={"Idempotency-Key": k})] * 8)
+    answers = race(
+        user, [lambda c: c.post("/positions", json=BODY, headers={"Idempotency-Key": k})] * 8
+    )
 
     assert [a.status_code for a in answers] == [201] * 8, [a.text for a in answers]
     assert len({a.json()["id"] for a in answers}) == 1
@@ -299,9 +278,7 @@ def test_concurrent_requests_with_one_key_open_one_position(
     assert len(events_with_key(api_database, k)) == 1
 
 
-def test_a_retried_close_closes_once_and_answers_200_again(
-    user: Caller, api_database: str
-) -> None:
+def test_a_retried_close_closes_once_and_answers_200_again(user: Caller, api_database: str) -> None:
     created = user.open()
     path = f"/positions/{created['id']}/close"
     k = key()
@@ -346,10 +323,12 @@ def test_a_refused_422_from_the_domain_is_replayed_too(user: Caller) -> None:
     path = f"/positions/{created['id']}/close"
     k = key()
 
-    refused = user.http.post(path, params={"exit_price": 1, "quantity": 11},
-                             headers={"Idempotency-Key": k})
-    again = user.http.post(path, params={"exit_price": 1, "quantity": 11},
-                           headers={"Idempotency-Key": k})
+    refused = user.http.post(
+        path, params={"exit_price": 1, "quantity": 11}, headers={"Idempotency-Key": k}
+    )
+    again = user.http.post(
+        path, params={"exit_price": 1, "quantity": 11}, headers={"Idempotency-Key": k}
+    )
 
     assert refused.status_code == again.status_code == 422
     assert again.content == refused.content
@@ -364,11 +343,14 @@ def test_retried_price_updates_and_bulk_updates_record_nothing_new(
     price_key, bulk_key = key(), key()
 
     for _ in range(2):
-        prices = admin.http.post("/positions/update-prices", json={symbol: 101},
-                                 headers={"Idempotency-Key": price_key})
-        bulk = user.http.post("/positions/bulk-update",
-                              json={"position_ids": ids, "updates": {"current_price": 102}},
-                              headers={"Idempotency-Key": bulk_key})
+        prices = admin.http.post(
+            "/positions/update-prices", json={symbol: 101}, headers={"Idempotency-Key": price_key}
+        )
+        bulk = user.http.post(
+            "/positions/bulk-update",
+            json={"position_ids": ids, "updates": {"current_price": 102}},
+            headers={"Idempotency-Key": bulk_key},
+        )
         assert prices.status_code == bulk.status_code == 200, (prices.text, bulk.text)
 
     assert [e["event_type"] for e in events_with_key(api_database, price_key)] == [
@@ -384,8 +366,10 @@ def test_a_retried_delete_deletes_once(user: Caller, admin: Caller, api_database
     created = user.open()
     k = key()
 
-    answers = [admin.http.delete(f"/positions/{created['id']}", headers={"Idempotency-Key": k})
-               for _ in range(2)]
+    answers = [
+        admin.http.delete(f"/positions/{created['id']}", headers={"Idempotency-Key": k})
+        for _ in range(2)
+    ]
 
     assert [a.status_code for a in answers] == [204, 204]
     assert answers[1].headers["idempotent-replayed"] == "true"
@@ -447,15 +431,25 @@ def test_many_concurrent_puts_without_if_match_all_succeed(user: Caller, api_dat
 def test_concurrent_puts_of_different_fields_all_apply(user: Caller) -> None:
     created = user.open(symbol=fresh_symbol())
     path = f"/positions/{created['id']}"
-    changes = [{"notes": "n"}, {"strategy": "s"}, {"stop_loss": 90}, {"take_profit": 110},
-               {"current_price": 101}]
+    changes = [
+        {"notes": "n"},
+        {"strategy": "s"},
+        {"stop_loss": 90},
+        {"take_profit": 110},
+        {"current_price": 101},
+    ]
 
     answers = race(user, [lambda c, b=b: c.put(path, json=b) for b in changes])
 
     assert [a.status_code for a in answers] == [200] * len(changes)
     final = user.http.get(path).json()
-    assert (final["notes"], final["strategy"], final["stop_loss"], final["take_profit"],
-            final["current_price"]) == ("n", "s", 90, 110, 101)
+    assert (
+        final["notes"],
+        final["strategy"],
+        final["stop_loss"],
+        final["take_profit"],
+        final["current_price"],
+    ) == ("n", "s", 90, 110, 101)
     assert final["version"] == 1 + len(changes)
 
 
@@ -463,10 +457,13 @@ def test_concurrent_puts_with_if_match_let_one_win(user: Caller, api_database: s
     created = user.open(symbol=fresh_symbol())
     path = f"/positions/{created['id']}"
 
-    answers = race(user, [
-        lambda c, n=n: c.put(path, json={"notes": f"note {n}"}, headers={"If-Match": '"1"'})
-        for n in range(8)
-    ])
+    answers = race(
+        user,
+        [
+            lambda c, n=n: c.put(path, json={"notes": f"note {n}"}, headers={"If-Match": '"1"'})
+            for n in range(8)
+        ],
+    )
 
     statuses = Counter(a.status_code for a in answers)
     assert statuses == {200: 1, 412: 7}, [a.text for a in answers]
@@ -486,12 +483,20 @@ def test_an_atomic_bulk_update_racing_a_close_never_half_applies(
     ids = [user.open()["id"] for _ in range(3)]
     victim = ids[round_ % 3]
 
-    bulk, closing = race(user, [
-        lambda c: c.post("/positions/bulk-update", json={
-            "position_ids": ids, "updates": {"stop_loss": 90, "notes": "bulk"}, "atomic": True,
-        }),
-        lambda c: c.post(f"/positions/{victim}/close", params={"exit_price": 100}),
-    ])
+    bulk, closing = race(
+        user,
+        [
+            lambda c: c.post(
+                "/positions/bulk-update",
+                json={
+                    "position_ids": ids,
+                    "updates": {"stop_loss": 90, "notes": "bulk"},
+                    "atomic": True,
+                },
+            ),
+            lambda c: c.post(f"/positions/{victim}/close", params={"exit_price": 100}),
+        ],
+    )
 
     assert closing.status_code in (200, 409), closing.text
     assert bulk.status_code in (200, 409), bulk.text
@@ -516,19 +521,29 @@ def test_an_atomic_bulk_update_racing_single_updates_applies_whole(
 ) -> None:
     ids = [user.open()["id"] for _ in range(4)]
 
-    answers = race(user, [
-        lambda c: c.post("/positions/bulk-update", json={
-            "position_ids": ids, "updates": {"take_profit": 150}, "atomic": True,
-        }),
-        *[lambda c, i=i: c.put(f"/positions/{i}", json={"notes": "single"}) for i in ids],
-    ])
+    answers = race(
+        user,
+        [
+            lambda c: c.post(
+                "/positions/bulk-update",
+                json={
+                    "position_ids": ids,
+                    "updates": {"take_profit": 150},
+                    "atomic": True,
+                },
+            ),
+            *[lambda c, i=i: c.put(f"/positions/{i}", json={"notes": "single"}) for i in ids],
+        ],
+    )
 
     assert [a.status_code for a in answers] == [200] * (1 + len(ids)), [a.text for a in answers]
     for position_id in ids:
         position = user.http.get(f"/positions/{position_id}").json()
         assert (position["take_profit"], position["notes"]) == (150, "single")
         assert sorted(event_types(api_database, position_id)) == [
-            "NotesChanged", "PositionOpened", "TakeProfitMoved"
+            "NotesChanged",
+            "PositionOpened",
+            "TakeProfitMoved",
         ]
 
 
@@ -537,13 +552,20 @@ def test_two_atomic_bulk_updates_racing_apply_one_after_the_other(
 ) -> None:
     ids = [user.open()["id"] for _ in range(3)]
 
-    answers = race(user, [
-        lambda c, n=n: c.post("/positions/bulk-update", json={
-            "position_ids": ids if n == 0 else ids[::-1], "updates": {"notes": f"bulk {n}"},
-            "atomic": True,
-        })
-        for n in range(2)
-    ])
+    answers = race(
+        user,
+        [
+            lambda c, n=n: c.post(
+                "/positions/bulk-update",
+                json={
+                    "position_ids": ids if n == 0 else ids[::-1],
+                    "updates": {"notes": f"bulk {n}"},
+                    "atomic": True,
+                },
+            )
+            for n in range(2)
+        ],
+    )
 
     assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
     finals = {user.http.get(f"/positions/{i}").json()["notes"] for i in ids}
@@ -557,11 +579,15 @@ def test_a_non_atomic_bulk_update_racing_a_close_applies_to_the_others(
 ) -> None:
     ids = [user.open()["id"] for _ in range(3)]
 
-    bulk, closing = race(user, [
-        lambda c: c.post("/positions/bulk-update",
-                         json={"position_ids": ids, "updates": {"notes": "bulk"}}),
-        lambda c: c.post(f"/positions/{ids[1]}/close", params={"exit_price": 100}),
-    ])
+    bulk, closing = race(
+        user,
+        [
+            lambda c: c.post(
+                "/positions/bulk-update", json={"position_ids": ids, "updates": {"notes": "bulk"}}
+            ),
+            lambda c: c.post(f"/positions/{ids[1]}/close", params={"exit_price": 100}),
+        ],
+    )
 
     assert bulk.status_code == closing.status_code == 200
     updated = {p["id"] for p in bulk.json()["updated"]}
@@ -578,10 +604,13 @@ def test_exact_figures_survive_a_race(user: Caller) -> None:
     created = user.open(quantity="0.3", entry_price="0.1")
     path = f"/positions/{created['id']}"
 
-    answers = race(user, [
-        lambda c: c.post(f"{path}/increase", json={"quantity": "0.1", "price": "0.2"}),
-        lambda c: c.post(f"{path}/increase", json={"quantity": "0.2", "price": "0.3"}),
-    ])
+    answers = race(
+        user,
+        [
+            lambda c: c.post(f"{path}/increase", json={"quantity": "0.1", "price": "0.2"}),
+            lambda c: c.post(f"{path}/increase", json={"quantity": "0.2", "price": "0.3"}),
+        ],
+    )
 
     assert [a.status_code for a in answers] == [200, 200]
     final = user.http.get(path).json(parse_float=Decimal)

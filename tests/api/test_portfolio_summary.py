@@ -31,13 +31,27 @@ EXACT = Context(prec=200, traps=[Inexact])
 _encode = msgspec.json.Encoder(decimal_format="number").encode
 
 COUNTS = (
-    "total_positions", "open_positions", "closed_positions", "pending_positions",
-    "long_positions", "short_positions", "unpriced_positions", "positions_at_risk",
-    "positions_near_target", "closed_trades", "winning_trades",
+    "total_positions",
+    "open_positions",
+    "closed_positions",
+    "pending_positions",
+    "long_positions",
+    "short_positions",
+    "unpriced_positions",
+    "positions_at_risk",
+    "positions_near_target",
+    "closed_trades",
+    "winning_trades",
 )
 SUMS = (
-    "total_market_value", "long_exposure", "short_exposure", "net_exposure", "gross_exposure",
-    "total_unrealized_pnl", "total_realized_pnl", "total_pnl",
+    "total_market_value",
+    "long_exposure",
+    "short_exposure",
+    "net_exposure",
+    "gross_exposure",
+    "total_unrealized_pnl",
+    "total_realized_pnl",
+    "total_pnl",
 )
 RATIOS = ("win_rate", "profit_factor", "largest_position_pct")
 FIGURES = COUNTS + SUMS + RATIOS
@@ -58,15 +72,19 @@ def decoded(response) -> Any:
 
 def open_position(caller: Caller, **fields: Any) -> dict:
     body = {"side": "long", "quantity": 10, "entry_price": 100, **fields}
-    response = caller.http.post("/positions", content=_encode(body),
-                                headers={"Content-Type": "application/json"})
+    response = caller.http.post(
+        "/positions", content=_encode(body), headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 201, response.text
     return response.json(parse_float=Decimal)
 
 
 def mark(caller: Caller, position_id: str, price: Decimal | str | int) -> dict:
-    response = caller.http.put(f"/positions/{position_id}", content=_encode({"current_price": price}),
-                               headers={"Content-Type": "application/json"})
+    response = caller.http.put(
+        f"/positions/{position_id}",
+        content=_encode({"current_price": price}),
+        headers={"Content-Type": "application/json"},
+    )
     return decoded(response)
 
 
@@ -80,8 +98,11 @@ def close(caller: Caller, position_id: str, exit_price: Any = None, quantity: An
 
 
 def market_prices(admin: Caller, prices: dict[str, Decimal | str | int]) -> dict:
-    response = admin.http.post("/positions/update-prices", content=_encode(prices),
-                               headers={"Content-Type": "application/json"})
+    response = admin.http.post(
+        "/positions/update-prices",
+        content=_encode(prices),
+        headers={"Content-Type": "application/json"},
+    )
     return decoded(response)
 
 
@@ -174,10 +195,12 @@ def figures(positions: list[dict]) -> dict[str, Any]:
             "total_realized_pnl": realized,
             "total_pnl": unrealized + realized,
             "win_rate": percent(counts["winning_trades"], counts["closed_trades"])
-            if counts["closed_trades"] else Decimal(0),
+            if counts["closed_trades"]
+            else Decimal(0),
             "profit_factor": profit_factor,
             "largest_position_pct": percent(max(market_values), total_value)
-            if market_values else Decimal(0),
+            if market_values
+            else Decimal(0),
         }
 
 
@@ -186,7 +209,9 @@ def expected_summary(positions: list[dict]) -> dict[str, Any]:
     by_strategy: dict[str, list[dict]] = {}
     for p in positions:
         by_symbol.setdefault(p["symbol"], []).append(p)
-        by_strategy.setdefault(p["strategy"] if p["strategy"] is not None else NO_STRATEGY, []).append(p)
+        by_strategy.setdefault(
+            p["strategy"] if p["strategy"] is not None else NO_STRATEGY, []
+        ).append(p)
     return {
         **figures(positions),
         "by_symbol": {key: figures(group) for key, group in by_symbol.items()},
@@ -196,6 +221,7 @@ def expected_summary(positions: list[dict]) -> dict[str, Any]:
 
 def assert_summary(actual: dict, expected: dict) -> None:
     """Every expected figure, compared exactly (Decimal == Decimal), with a readable difference."""
+
     def compare(where: str, got: dict, want: dict) -> list[str]:
         wrong = []
         for name in FIGURES:
@@ -247,13 +273,19 @@ def assert_listing_matches(positions: list[dict], models: dict[str, Model]) -> N
     for p in positions:
         m = models[p["id"]]
         assert (p["symbol"], p["side"], p["status"], p["strategy"]) == (
-            m.symbol, m.side, m.status, m.strategy), p
+            m.symbol,
+            m.side,
+            m.status,
+            m.strategy,
+        ), p
         assert Decimal(p["entry_price"]) == m.entry, p
         assert Decimal(p["realized_pnl"]) == m.realized, p
         assert Decimal(p["closed_quantity"]) == m.closed_quantity, p
         if m.status == "open":
             assert Decimal(p["quantity"]) == m.quantity, p
-            assert (None if p["current_price"] is None else Decimal(p["current_price"])) == m.current_price, p
+            assert (
+                None if p["current_price"] is None else Decimal(p["current_price"])
+            ) == m.current_price, p
 
 
 # -- strategies ----------------------------------------------------------------------------------
@@ -261,10 +293,19 @@ def assert_listing_matches(positions: list[dict], models: dict[str, Model]) -> N
 
 def amounts(low: str, high: str) -> st.SearchStrategy[Decimal]:
     """Positive decimals in [low, high] with 0 to 8 decimal places."""
-    return st.integers(0, 8).flatmap(
-        lambda places: st.decimals(min_value=Decimal(low), max_value=Decimal(high), places=places,
-                                   allow_nan=False, allow_infinity=False)
-    ).filter(lambda d: d > 0)
+    return (
+        st.integers(0, 8)
+        .flatmap(
+            lambda places: st.decimals(
+                min_value=Decimal(low),
+                max_value=Decimal(high),
+                places=places,
+                allow_nan=False,
+                allow_infinity=False,
+            )
+        )
+        .filter(lambda d: d > 0)
+    )
 
 
 PRICES = amounts("0.01", "5000")
@@ -349,18 +390,27 @@ def books(draw) -> tuple[list[dict], list[tuple[int, dict[int, Decimal]]]]:
     size = draw(st.integers(1, 8))
     book = draw(st.lists(plans(), min_size=size, max_size=size))
     # Market prices at random points of the sequence of commands: (index, {symbol number: price}).
-    updates = draw(st.lists(
-        st.tuples(st.integers(0, 1000), st.dictionaries(st.integers(0, 2), PRICES, min_size=1, max_size=3)),
-        max_size=3,
-    ))
+    updates = draw(
+        st.lists(
+            st.tuples(
+                st.integers(0, 1000),
+                st.dictionaries(st.integers(0, 2), PRICES, min_size=1, max_size=3),
+            ),
+            max_size=3,
+        )
+    )
     return book, updates
 
 
 # -- 1. the property -----------------------------------------------------------------------------
 
 
-@settings(max_examples=25, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=25,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(books())
 def test_the_summary_of_a_random_book_equals_a_direct_computation_from_its_positions(
     make_caller, admin: Caller, book
@@ -389,15 +439,26 @@ def test_the_summary_of_a_random_book_equals_a_direct_computation_from_its_posit
             continue
         p = plan[command[1]]
         if command[0] == "open":
-            fields = {k: p[k] for k in ("side", "quantity", "entry_price", "stop_loss",
-                                        "take_profit", "strategy") if p[k] is not None}
-            created = open_position(user, symbol=symbols[p["symbol"]], **fields,
-                                    **({"status": "pending"} if p["pending"] else {}))
+            fields = {
+                k: p[k]
+                for k in ("side", "quantity", "entry_price", "stop_loss", "take_profit", "strategy")
+                if p[k] is not None
+            }
+            created = open_position(
+                user,
+                symbol=symbols[p["symbol"]],
+                **fields,
+                **({"status": "pending"} if p["pending"] else {}),
+            )
             ids.append(created["id"])
             models[created["id"]] = Model(
-                id=created["id"], symbol=symbols[p["symbol"]], side=p["side"],
-                status="pending" if p["pending"] else "open", quantity=p["quantity"],
-                entry=p["entry_price"], current_price=known_prices.get(symbols[p["symbol"]]),
+                id=created["id"],
+                symbol=symbols[p["symbol"]],
+                side=p["side"],
+                status="pending" if p["pending"] else "open",
+                quantity=p["quantity"],
+                entry=p["entry_price"],
+                current_price=known_prices.get(symbols[p["symbol"]]),
                 strategy=p["strategy"],
             )
             continue
@@ -422,10 +483,19 @@ def test_the_summary_of_a_random_book_equals_a_direct_computation_from_its_posit
     positions = listed(user)
     assert_listing_matches(positions, models)
     expected = expected_summary(positions)
-    for name in ("closed_trades", "positions_at_risk", "positions_near_target", "unpriced_positions",
-                 "pending_positions", "short_positions"):
+    for name in (
+        "closed_trades",
+        "positions_at_risk",
+        "positions_near_target",
+        "unpriced_positions",
+        "pending_positions",
+        "short_positions",
+    ):
         event(f"{name} > 0: {expected[name] > 0}")
-    event(f"profit_factor: {'null' if expected['profit_factor'] is None else expected['profit_factor'] > 0}")
+    event(
+        "profit_factor: "
+        f"{'null' if expected['profit_factor'] is None else expected['profit_factor'] > 0}"
+    )
     event(f"strategies: {len(expected['by_strategy'])}, symbols: {len(expected['by_symbol'])}")
     assert_summary(summary, expected)
 
@@ -566,8 +636,9 @@ def test_stop_and_target_proximity_is_two_percent_of_the_mark_inclusive(user: Ca
     symbols = {}
     for (side, stop, target, price), _ in cases.items():
         symbols[(side, stop, target, price)] = s = symbol()
-        position = open_position(user, symbol=s, side=side, entry_price=100, stop_loss=stop,
-                                 take_profit=target)
+        position = open_position(
+            user, symbol=s, side=side, entry_price=100, stop_loss=stop, take_profit=target
+        )
         if price is not None:
             mark(user, position["id"], price)
 
@@ -576,7 +647,9 @@ def test_stop_and_target_proximity_is_two_percent_of_the_mark_inclusive(user: Ca
     for case, (at_risk, near_target) in cases.items():
         group = summary["by_symbol"][symbols[case]]
         assert (group["positions_at_risk"], group["positions_near_target"]) == (
-            at_risk, near_target), case
+            at_risk,
+            near_target,
+        ), case
     assert summary["positions_at_risk"] == sum(a for a, _ in cases.values())
     assert summary["positions_near_target"] == sum(n for _, n in cases.values())
     assert_summary(summary, expected_summary(listed(user)))
@@ -589,8 +662,14 @@ def test_proximity_is_exact_for_large_prices(user: Caller) -> None:
     s = symbol()
     price = Decimal("6000000000.00000075")
     distance = Decimal("120000000.00000002")
-    open_position(user, symbol=s, quantity=1, entry_price=price, stop_loss=price - distance,
-                  take_profit=price + distance)
+    open_position(
+        user,
+        symbol=s,
+        quantity=1,
+        entry_price=price,
+        stop_loss=price - distance,
+        take_profit=price + distance,
+    )
 
     summary = summary_of(user)
 
@@ -598,7 +677,9 @@ def test_proximity_is_exact_for_large_prices(user: Caller) -> None:
     assert (summary["positions_at_risk"], summary["positions_near_target"]) == (0, 0)
 
 
-def test_admin_sees_a_users_figures_with_owner(user: Caller, admin: Caller, other_user: Caller) -> None:
+def test_admin_sees_a_users_figures_with_owner(
+    user: Caller, admin: Caller, other_user: Caller
+) -> None:
     s = symbol()
     close(user, open_position(user, symbol=s, strategy="momentum")["id"], exit_price="104")
     open_position(user, symbol=s, side="short", quantity="2.5", entry_price="80.25")
@@ -609,12 +690,15 @@ def test_admin_sees_a_users_figures_with_owner(user: Caller, admin: Caller, othe
 
     assert_summary(seen_by_admin, expected_summary(listed(user)))
     assert {k: v for k, v in seen_by_admin.items() if k != "calculated_at"} == {
-        k: v for k, v in own.items() if k != "calculated_at"}
+        k: v for k, v in own.items() if k != "calculated_at"
+    }
     assert seen_by_admin["total_positions"] == 2
     # The whole book, without owner: at least both users' positions.
     assert summary_of(admin)["total_positions"] >= 3
     # A user may not look at someone else's figures.
-    assert user.http.get("/portfolio/summary", params={"owner": other_user.subject}).status_code == 403
+    assert (
+        user.http.get("/portfolio/summary", params={"owner": other_user.subject}).status_code == 403
+    )
 
 
 def test_the_summary_says_when_it_was_calculated(user: Caller) -> None:
@@ -663,7 +747,8 @@ def test_figures_carry_no_float_artefacts(user: Caller, admin: Caller) -> None:
     assert tenths["total_unrealized_pnl"] == Decimal("0.45")  # 3 x 0.5 x 0.1 + 3 x 0.1
     assert tenths["total_pnl"] == Decimal("0.6")
     assert summary["by_symbol"][many_digits]["total_market_value"] == Decimal(
-        "15241.5776406028766652")
+        "15241.5776406028766652"
+    )
     assert_summary(summary, expected_summary(listed(user)))
 
 

@@ -1,4 +1,5 @@
-"""Every position endpoint over a real socket, against SPEC.md ("Positions", "Errors") and DOMAIN.md.
+"""Every position endpoint over a real socket, against SPEC.md ("Positions", "Errors") and
+DOMAIN.md.
 
 Each test acts as fresh callers, so it sees only its own positions. Market prices are global: a
 test about prices uses a symbol no other test uses.
@@ -6,65 +7,44 @@ test about prices uses a symbol no other test uses.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import re
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
 from .conftest import Caller
+from .support import assert_error, event_types, events_of, exact, fresh_symbol
 
 SPEC_FIELDS = {
-    "id", "owner", "symbol", "side", "quantity", "entry_price", "current_price", "stop_loss",
-    "take_profit", "strategy", "notes", "status", "market_value", "unrealized_pnl",
-    "unrealized_pnl_pct", "realized_pnl", "exit_price", "opened_at", "closed_at", "created_at",
-    "updated_at", "version",
+    "id",
+    "owner",
+    "symbol",
+    "side",
+    "quantity",
+    "entry_price",
+    "current_price",
+    "stop_loss",
+    "take_profit",
+    "strategy",
+    "notes",
+    "status",
+    "market_value",
+    "unrealized_pnl",
+    "unrealized_pnl_pct",
+    "realized_pnl",
+    "exit_price",
+    "opened_at",
+    "closed_at",
+    "created_at",
+    "updated_at",
+    "version",
 }
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def fresh_symbol() -> str:
-    """A symbol no other test uses: market prices are global."""
-    return "T" + uuid.uuid4().hex[:8].upper()
-
-
-def exact(response: httpx.Response) -> Any:
-    """The JSON body with every non-integer number as an exact Decimal."""
-    return response.json(parse_float=Decimal)
-
-
-def db_fetch(dsn: str, statement: str, *arguments: object) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        connection = await asyncpg.connect(dsn)
-        try:
-            return await connection.fetch(statement, *arguments)
-        finally:
-            await connection.close()
-
-    return asyncio.run(run())
-
-
-def events_of(dsn: str, position_id: str) -> list[dict[str, Any]]:
-    rows = db_fetch(
-        dsn,
-        "SELECT event_type, data::text AS data, metadata::text AS metadata, stream_version "
-        "FROM events WHERE stream_id = $1 ORDER BY stream_version",
-        f"position-{position_id}",
-    )
-    return [{**row, "data": json.loads(row["data"]), "metadata": json.loads(row["metadata"])}
-            for row in rows]
-
-
-def event_types(dsn: str, position_id: str) -> list[str]:
-    return [row["event_type"] for row in events_of(dsn, position_id)]
 
 
 def utc(text: str) -> datetime:
@@ -73,26 +53,13 @@ def utc(text: str) -> datetime:
     return moment
 
 
-def assert_error(response: httpx.Response, status: int, path: str) -> dict:
-    """The error body SPEC "Errors" promises, on the status expected."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert isinstance(body["detail"], str) and body["detail"]
-    utc(body["timestamp"])
-    assert body["path"] == path
-    assert body["correlation_id"]
-    assert body["correlation_id"] == response.headers["x-correlation-id"]
-    return body
-
-
 def error_locs(response: httpx.Response) -> list[list]:
     assert response.status_code == 422, response.text
     return [error["loc"] for error in response.json()["errors"]]
 
 
 def levels_and_labels(position: dict) -> tuple:
-    return (position["stop_loss"], position["take_profit"], position["notes"],
-            position["strategy"])
+    return (position["stop_loss"], position["take_profit"], position["notes"], position["strategy"])
 
 
 def close(caller: Caller, position_id: str, **params: object) -> httpx.Response:
@@ -111,10 +78,19 @@ VALID = {"symbol": "AAPL", "side": "long", "quantity": 10, "entry_price": 100}
 
 def test_create_answers_201_with_location_etag_and_every_field(user: Caller) -> None:
     symbol = fresh_symbol() + ".B"
-    response = user.http.post("/positions", json={
-        "symbol": symbol.lower(), "side": "long", "quantity": "12.5", "entry_price": "100.25",
-        "stop_loss": 90, "take_profit": "120.5", "strategy": "momentum", "notes": "first",
-    })
+    response = user.http.post(
+        "/positions",
+        json={
+            "symbol": symbol.lower(),
+            "side": "long",
+            "quantity": "12.5",
+            "entry_price": "100.25",
+            "stop_loss": 90,
+            "take_profit": "120.5",
+            "strategy": "momentum",
+            "notes": "first",
+        },
+    )
 
     assert response.status_code == 201, response.text
     body = exact(response)
@@ -150,7 +126,7 @@ def test_create_keeps_every_digit_given_as_string_or_number(user: Caller) -> Non
     response = user.http.post(
         "/positions",
         content=b'{"symbol": "%s", "side": "short", "quantity": 0.00000001,'
-                b' "entry_price": "123456789.12345678"}' % fresh_symbol().encode(),
+        b' "entry_price": "123456789.12345678"}' % fresh_symbol().encode(),
         headers={"content-type": "application/json"},
     )
 
@@ -170,13 +146,16 @@ def test_a_pending_order_is_created_pending_and_not_yet_opened(user: Caller) -> 
 
 
 @pytest.mark.parametrize("symbol", ["A", "BTC/USD", "ES-F", "BRK.B", "A" * 15, "x1.y-z/9"])
-def test_symbols_of_the_allowed_alphabet_are_accepted_upper_cased(user: Caller, symbol: str) -> None:
+def test_symbols_of_the_allowed_alphabet_are_accepted_upper_cased(
+    user: Caller, symbol: str
+) -> None:
     assert user.open(symbol=symbol)["symbol"] == symbol.upper()
 
 
 def test_limits_are_inclusive(user: Caller) -> None:
-    body = user.open(strategy="s" * 64, notes="n" * 2000, quantity="0.00000001",
-                     entry_price="99.99999999")
+    body = user.open(
+        strategy="s" * 64, notes="n" * 2000, quantity="0.00000001", entry_price="99.99999999"
+    )
 
     assert len(body["strategy"]) == 64 and len(body["notes"]) == 2000
     assert exact(user.http.get(f"/positions/{body['id']}"))["entry_price"] == Decimal("99.99999999")
@@ -219,9 +198,7 @@ def test_limits_are_inclusive(user: Caller) -> None:
         ({"strategy": ["a"]}, "strategy"),
     ],
 )
-def test_a_bad_field_is_refused_with_its_location(
-    user: Caller, changes: dict, field: str
-) -> None:
+def test_a_bad_field_is_refused_with_its_location(user: Caller, changes: dict, field: str) -> None:
     response = user.http.post("/positions", json={**VALID, **changes})
 
     body = assert_error(response, 422, "/positions")
@@ -238,15 +215,35 @@ def test_a_missing_required_field_is_refused(user: Caller, missing: str) -> None
 
 
 def test_every_field_error_is_answered_at_once(user: Caller) -> None:
-    response = user.http.post("/positions", json={
-        "symbol": "NOT A SYMBOL!", "side": "sideways", "quantity": -3, "entry_price": "0",
-        "stop_loss": "1.123456789", "take_profit": -1, "strategy": "s" * 65, "notes": "n" * 2001,
-        "leverage": 10, "status": "filled",
-    })
+    response = user.http.post(
+        "/positions",
+        json={
+            "symbol": "NOT A SYMBOL!",
+            "side": "sideways",
+            "quantity": -3,
+            "entry_price": "0",
+            "stop_loss": "1.123456789",
+            "take_profit": -1,
+            "strategy": "s" * 65,
+            "notes": "n" * 2001,
+            "leverage": 10,
+            "status": "filled",
+        },
+    )
 
     locs = error_locs(response)
-    for field in ("symbol", "side", "quantity", "entry_price", "stop_loss", "take_profit",
-                  "strategy", "notes", "leverage", "status"):
+    for field in (
+        "symbol",
+        "side",
+        "quantity",
+        "entry_price",
+        "stop_loss",
+        "take_profit",
+        "strategy",
+        "notes",
+        "leverage",
+        "status",
+    ):
         assert ["body", field] in locs, locs
     assert user.http.get("/positions").json() == []
 
@@ -254,8 +251,8 @@ def test_every_field_error_is_answered_at_once(user: Caller) -> None:
 @pytest.mark.parametrize(
     ("side", "stop_loss", "take_profit"),
     [
-        ("long", 110, 90),     # both on the wrong side
-        ("long", 100, 100),    # equal to the entry is not below/above it
+        ("long", 110, 90),  # both on the wrong side
+        ("long", 100, 100),  # equal to the entry is not below/above it
         ("short", 90, 110),
         ("short", 100, 100),
     ],
@@ -263,9 +260,15 @@ def test_every_field_error_is_answered_at_once(user: Caller) -> None:
 def test_stop_and_target_on_the_wrong_side_of_the_entry_are_refused(
     user: Caller, side: str, stop_loss: int, take_profit: int
 ) -> None:
-    response = user.http.post("/positions", json={
-        **VALID, "side": side, "stop_loss": stop_loss, "take_profit": take_profit,
-    })
+    response = user.http.post(
+        "/positions",
+        json={
+            **VALID,
+            "side": side,
+            "stop_loss": stop_loss,
+            "take_profit": take_profit,
+        },
+    )
 
     locs = error_locs(response)
     assert ["body", "stop_loss"] in locs and ["body", "take_profit"] in locs
@@ -284,9 +287,15 @@ def test_stop_and_target_on_the_right_side_are_accepted(
 
 
 def test_side_errors_are_answered_together_with_field_errors(user: Caller) -> None:
-    response = user.http.post("/positions", json={
-        **VALID, "quantity": -1, "stop_loss": 110, "take_profit": 90,
-    })
+    response = user.http.post(
+        "/positions",
+        json={
+            **VALID,
+            "quantity": -1,
+            "stop_loss": 110,
+            "take_profit": 90,
+        },
+    )
 
     locs = error_locs(response)
     assert ["body", "quantity"] in locs
@@ -294,12 +303,23 @@ def test_side_errors_are_answered_together_with_field_errors(user: Caller) -> No
 
 
 @pytest.mark.parametrize(
-    "content", [b"", b"{", b"not json", b'{"symbol": "AAPL",}', b"\xff\xfe", b"[1, 2]", b'"AAPL"',
-                b"42", b"null"],
+    "content",
+    [
+        b"",
+        b"{",
+        b"not json",
+        b'{"symbol": "AAPL",}',
+        b"\xff\xfe",
+        b"[1, 2]",
+        b'"AAPL"',
+        b"42",
+        b"null",
+    ],
 )
 def test_a_body_that_is_not_a_json_object_is_refused(user: Caller, content: bytes) -> None:
-    response = user.http.post("/positions", content=content,
-                              headers={"content-type": "application/json"})
+    response = user.http.post(
+        "/positions", content=content, headers={"content-type": "application/json"}
+    )
 
     assert_error(response, 422, "/positions")
     assert ["body"] in error_locs(response)
@@ -319,8 +339,9 @@ def test_a_position_is_read_with_its_version_as_etag(user: Caller) -> None:
     assert response.json()["version"] == 2 and response.json()["notes"] == "changed"
 
 
-def test_another_users_position_does_not_exist_for_a_user(user: Caller, other_user: Caller,
-                                                          admin: Caller, service: Caller) -> None:
+def test_another_users_position_does_not_exist_for_a_user(
+    user: Caller, other_user: Caller, admin: Caller, service: Caller
+) -> None:
     created = user.open()
     path = f"/positions/{created['id']}"
 
@@ -392,9 +413,14 @@ def test_the_list_pages_with_limit_and_offset(user: Caller) -> None:
 @pytest.mark.parametrize(
     ("params", "name"),
     [
-        ({"limit": 0}, "limit"), ({"limit": 1001}, "limit"), ({"limit": -1}, "limit"),
-        ({"limit": "ten"}, "limit"), ({"offset": -1}, "offset"), ({"offset": "x"}, "offset"),
-        ({"status": "archived"}, "status"), ({"side": "flat"}, "side"),
+        ({"limit": 0}, "limit"),
+        ({"limit": 1001}, "limit"),
+        ({"limit": -1}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"offset": -1}, "offset"),
+        ({"offset": "x"}, "offset"),
+        ({"status": "archived"}, "status"),
+        ({"side": "flat"}, "side"),
     ],
 )
 def test_bad_list_parameters_answer_422(user: Caller, params: dict, name: str) -> None:
@@ -408,14 +434,21 @@ def test_bad_list_parameters_answer_422(user: Caller, params: dict, name: str) -
 
 
 def test_put_changes_the_amendable_fields_and_counts_versions(user: Caller) -> None:
-    created = user.open(symbol=fresh_symbol(), stop_loss=90, take_profit=120, strategy="a",
-                        notes="n")
+    created = user.open(
+        symbol=fresh_symbol(), stop_loss=90, take_profit=120, strategy="a", notes="n"
+    )
     path = f"/positions/{created['id']}"
 
-    response = user.http.put(path, json={
-        "current_price": "105.5", "stop_loss": 95, "take_profit": "130", "notes": "m",
-        "strategy": "b",
-    })
+    response = user.http.put(
+        path,
+        json={
+            "current_price": "105.5",
+            "stop_loss": 95,
+            "take_profit": "130",
+            "notes": "m",
+            "strategy": "b",
+        },
+    )
 
     assert response.status_code == 200, response.text
     body = exact(response)
@@ -473,21 +506,31 @@ def test_if_match_star_and_weak_etags_are_understood(user: Caller) -> None:
     path = f"/positions/{created['id']}"
 
     assert user.http.put(path, json={"notes": "a"}, headers={"If-Match": "*"}).status_code == 200
-    assert user.http.put(path, json={"notes": "b"}, headers={"If-Match": 'W/"2"'}).status_code == 200
-    assert user.http.put(path, json={"notes": "c"}, headers={"If-Match": 'W/"2"'}).status_code == 412
+    assert (
+        user.http.put(path, json={"notes": "b"}, headers={"If-Match": 'W/"2"'}).status_code == 200
+    )
+    assert (
+        user.http.put(path, json={"notes": "c"}, headers={"If-Match": 'W/"2"'}).status_code == 412
+    )
 
 
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
-        ({"stop_loss": 110}, "stop_loss"), ({"take_profit": 90}, "take_profit"),
-        ({"current_price": 0}, "current_price"), ({"current_price": None}, "current_price"),
+        ({"stop_loss": 110}, "stop_loss"),
+        ({"take_profit": 90}, "take_profit"),
+        ({"current_price": 0}, "current_price"),
+        ({"current_price": None}, "current_price"),
         ({"current_price": "1.000000001"}, "current_price"),
-        ({"notes": "n" * 2001}, "notes"), ({"strategy": "s" * 65}, "strategy"),
-        ({"quantity": 5}, "quantity"), ({"symbol": "MSFT"}, "symbol"),
+        ({"notes": "n" * 2001}, "notes"),
+        ({"strategy": "s" * 65}, "strategy"),
+        ({"quantity": 5}, "quantity"),
+        ({"symbol": "MSFT"}, "symbol"),
     ],
 )
-def test_put_refuses_bad_changes(user: Caller, changes: dict, field: str, api_database: str) -> None:
+def test_put_refuses_bad_changes(
+    user: Caller, changes: dict, field: str, api_database: str
+) -> None:
     created = user.open()
     path = f"/positions/{created['id']}"
 
@@ -511,10 +554,16 @@ def test_put_on_an_unknown_or_deleted_position_answers_404(
         path = f"/positions/{position_id}"
         assert_error(user.http.put(path, json={"notes": "x"}, headers=headers), 404, path)
         assert_error(admin.http.put(path, json={"notes": "x"}, headers=headers), 404, path)
-        for action, kwargs in (("close", {"params": {"exit_price": 1}}), ("open", {}),
-                               ("increase", {"json": {"quantity": 1, "price": 1}})):
-            assert_error(user.http.post(f"{path}/{action}", headers=headers, **kwargs), 404,
-                         f"{path}/{action}")
+        for action, kwargs in (
+            ("close", {"params": {"exit_price": 1}}),
+            ("open", {}),
+            ("increase", {"json": {"quantity": 1, "price": 1}}),
+        ):
+            assert_error(
+                user.http.post(f"{path}/{action}", headers=headers, **kwargs),
+                404,
+                f"{path}/{action}",
+            )
         assert_error(admin.http.delete(path, headers=headers), 404, path)
 
 
@@ -624,8 +673,12 @@ def test_a_close_after_an_increase_realizes_against_the_average(user: Caller) ->
 
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({"quantity": 0, "price": 10}, "quantity"), ({"quantity": 1, "price": -1}, "price"),
-     ({"quantity": 1}, "price"), ({"quantity": 1, "price": 10, "side": "short"}, "side")],
+    [
+        ({"quantity": 0, "price": 10}, "quantity"),
+        ({"quantity": 1, "price": -1}, "price"),
+        ({"quantity": 1}, "price"),
+        ({"quantity": 1, "price": 10, "side": "short"}, "side"),
+    ],
 )
 def test_increase_refuses_a_bad_body(user: Caller, body: dict, field: str) -> None:
     created = user.open()
@@ -651,8 +704,14 @@ def test_increase_on_a_pending_or_closed_position_answers_409(user: Caller) -> N
 
 @pytest.mark.parametrize(
     ("side", "exit_price", "realized"),
-    [("long", "110", "100"), ("long", "95.5", "-45"), ("short", "90", "100"),
-     ("short", "110.25", "-102.5"), ("long", "0", "-1000"), ("short", "100", "0")],
+    [
+        ("long", "110", "100"),
+        ("long", "95.5", "-45"),
+        ("short", "90", "100"),
+        ("short", "110.25", "-102.5"),
+        ("long", "0", "-1000"),
+        ("short", "100", "0"),
+    ],
 )
 def test_close_realizes_the_pnl_of_its_side(
     user: Caller, api_database: str, side: str, exit_price: str, realized: str
@@ -697,7 +756,10 @@ def test_partial_closes_accumulate_and_the_exit_price_is_their_weighted_average(
     # (4*110 + 1.5*95 + 4.5*97) / 10 = (440 + 142.5 + 436.5) / 10
     assert last["exit_price"] == Decimal("101.9")
     assert event_types(api_database, created["id"]) == [
-        "PositionOpened", "PositionReduced", "PositionReduced", "PositionClosed"
+        "PositionOpened",
+        "PositionReduced",
+        "PositionReduced",
+        "PositionClosed",
     ]
 
 
@@ -771,11 +833,15 @@ def test_closing_more_than_is_open_names_the_query_parameter(user: Caller) -> No
 
 @pytest.mark.parametrize(
     ("params", "name"),
-    [({"exit_price": -1}, "exit_price"), ({"exit_price": "abc"}, "exit_price"),
-     ({"exit_price": "NaN"}, "exit_price"), ({"exit_price": "1.000000001"}, "exit_price"),
-     ({"exit_price": 100, "quantity": 0}, "quantity"),
-     ({"exit_price": 100, "quantity": -1}, "quantity"),
-     ({"exit_price": 100, "quantity": "x"}, "quantity")],
+    [
+        ({"exit_price": -1}, "exit_price"),
+        ({"exit_price": "abc"}, "exit_price"),
+        ({"exit_price": "NaN"}, "exit_price"),
+        ({"exit_price": "1.000000001"}, "exit_price"),
+        ({"exit_price": 100, "quantity": 0}, "quantity"),
+        ({"exit_price": 100, "quantity": -1}, "quantity"),
+        ({"exit_price": 100, "quantity": "x"}, "quantity"),
+    ],
 )
 def test_close_refuses_bad_parameters(user: Caller, params: dict, name: str) -> None:
     created = user.open()
@@ -788,14 +854,17 @@ def test_close_refuses_bad_parameters(user: Caller, params: dict, name: str) -> 
     assert user.http.get(f"/positions/{created['id']}").json()["status"] == "open"
 
 
-def test_a_closed_position_can_be_neither_closed_nor_changed(user: Caller, api_database: str) -> None:
+def test_a_closed_position_can_be_neither_closed_nor_changed(
+    user: Caller, api_database: str
+) -> None:
     created = user.open(stop_loss=90)
     position = f"/positions/{created['id']}"
     assert close(user, created["id"], exit_price=105).status_code == 200
     closed = user.http.get(position).json()
 
-    assert_error(user.http.post(f"{position}/close", params={"exit_price": 100}), 409,
-                 f"{position}/close")
+    assert_error(
+        user.http.post(f"{position}/close", params={"exit_price": 100}), 409, f"{position}/close"
+    )
     assert_error(user.http.post(f"{position}/close"), 409, f"{position}/close")
     assert_error(user.http.put(position, json={"notes": "late"}), 409, position)
     assert_error(user.http.put(position, json={"stop_loss": None}), 409, position)
@@ -888,13 +957,13 @@ def test_update_prices_remarks_every_open_position_of_the_symbols(
     body = exact(user.http.get(f"/positions/{long['id']}"))
     assert body["current_price"] == Decimal("80.5")
     assert body["market_value"] == Decimal("805")
-    assert body["unrealized_pnl"] == Decimal("-195")           # (80.5 - 100) * 10
-    assert body["unrealized_pnl_pct"] == Decimal("-19.5")      # -195 / 1000 * 100
+    assert body["unrealized_pnl"] == Decimal("-195")  # (80.5 - 100) * 10
+    assert body["unrealized_pnl_pct"] == Decimal("-19.5")  # -195 / 1000 * 100
 
     body = exact(other_user.http.get(f"/positions/{short['id']}"))
     assert body["current_price"] == Decimal("80.5")
-    assert body["market_value"] == Decimal("322")               # a size, never negative
-    assert body["unrealized_pnl"] == Decimal("-122")            # (80.5 - 50) * -4
+    assert body["market_value"] == Decimal("322")  # a size, never negative
+    assert body["unrealized_pnl"] == Decimal("-122")  # (80.5 - 50) * -4
     assert body["unrealized_pnl_pct"] == Decimal("-61")
 
     assert user.http.get(f"/positions/{pending['id']}").json()["status"] == "pending"
@@ -943,8 +1012,16 @@ def test_the_latest_price_wins_over_a_mark_and_a_mark_over_an_older_price(
 
 @pytest.mark.parametrize(
     "prices",
-    [{}, {"AAPL": 0}, {"AAPL": -1}, {"AAPL": "abc"}, {"NOT VALID": 1}, {"AAPL": "1.000000001"},
-     {"AAPL": None}, {"AAPL": 1, "aapl": 2}],
+    [
+        {},
+        {"AAPL": 0},
+        {"AAPL": -1},
+        {"AAPL": "abc"},
+        {"NOT VALID": 1},
+        {"AAPL": "1.000000001"},
+        {"AAPL": None},
+        {"AAPL": 1, "aapl": 2},
+    ],
 )
 def test_update_prices_refuses_bad_prices(admin: Caller, prices: dict) -> None:
     response = set_prices(admin, prices)
@@ -960,9 +1037,18 @@ def test_update_prices_refuses_more_than_1000_symbols(admin: Caller) -> None:
 
 
 def test_an_unpriced_position_is_valued_at_its_entry(user: Caller) -> None:
-    body = exact(user.http.post("/positions", json={
-        **VALID, "symbol": fresh_symbol(), "side": "short", "quantity": 3, "entry_price": "7.25",
-    }))
+    body = exact(
+        user.http.post(
+            "/positions",
+            json={
+                **VALID,
+                "symbol": fresh_symbol(),
+                "side": "short",
+                "quantity": 3,
+                "entry_price": "7.25",
+            },
+        )
+    )
 
     assert body["current_price"] is None
     assert body["market_value"] == Decimal("21.75")
@@ -972,9 +1058,15 @@ def test_an_unpriced_position_is_valued_at_its_entry(user: Caller) -> None:
 
 def test_figures_never_show_a_binary_float_artefact(user: Caller, admin: Caller) -> None:
     symbol = fresh_symbol()
-    created = user.http.post("/positions", json={
-        "symbol": symbol, "side": "long", "quantity": 3, "entry_price": "0.1",
-    })
+    created = user.http.post(
+        "/positions",
+        json={
+            "symbol": symbol,
+            "side": "long",
+            "quantity": 3,
+            "entry_price": "0.1",
+        },
+    )
     assert '"market_value":0.3,' in created.text
     path = f"/positions/{created.json()['id']}"
 
@@ -984,7 +1076,7 @@ def test_figures_never_show_a_binary_float_artefact(user: Caller, admin: Caller)
     assert '"unrealized_pnl":0.3,' in marked.text
 
     closed = close(user, created.json()["id"], exit_price="0.3", quantity="1.5")
-    assert '"realized_pnl":0.3,' in closed.text   # 1.5 * (0.3 - 0.1)
+    assert '"realized_pnl":0.3,' in closed.text  # 1.5 * (0.3 - 0.1)
     assert '"quantity":1.5,' in closed.text
     for text in (created.text, marked.text, closed.text):
         for number in re.findall(r'":(-?[0-9][0-9.eE+-]*)[,}]', text):
@@ -996,7 +1088,7 @@ def test_numbers_given_with_an_exponent_come_back_in_plain_notation(user: Caller
     response = user.http.post(
         "/positions",
         content=b'{"symbol": "%s", "side": "long", "quantity": 1e2, "entry_price": "2.5E-3",'
-                b' "take_profit": 1000000000000}' % fresh_symbol().encode(),
+        b' "take_profit": 1000000000000}' % fresh_symbol().encode(),
         headers={"content-type": "application/json"},
     )
 
@@ -1029,10 +1121,13 @@ def test_a_bulk_update_answers_each_id_on_its_own(
     foreign = other_user.open()
     missing = str(uuid.uuid4())
 
-    response = user.http.post("/positions/bulk-update", json={
-        "position_ids": [good["id"], closed["id"], foreign["id"], missing, also_good["id"]],
-        "updates": {"notes": "bulk", "strategy": "s"},
-    })
+    response = user.http.post(
+        "/positions/bulk-update",
+        json={
+            "position_ids": [good["id"], closed["id"], foreign["id"], missing, also_good["id"]],
+            "updates": {"notes": "bulk", "strategy": "s"},
+        },
+    )
 
     assert response.status_code == 200, response.text
     answer = response.json()
@@ -1051,9 +1146,14 @@ def test_an_admin_bulk_updates_the_positions_of_any_owner(
 ) -> None:
     mine, theirs = user.open(), other_user.open()
 
-    response = admin.http.post("/positions/bulk-update", json={
-        "position_ids": [mine["id"], theirs["id"]], "updates": {"notes": "desk"}, "atomic": True,
-    })
+    response = admin.http.post(
+        "/positions/bulk-update",
+        json={
+            "position_ids": [mine["id"], theirs["id"]],
+            "updates": {"notes": "desk"},
+            "atomic": True,
+        },
+    )
 
     assert response.status_code == 200, response.text
     assert user.http.get(f"/positions/{mine['id']}").json()["notes"] == "desk"
@@ -1064,9 +1164,13 @@ def test_a_bulk_update_checks_levels_against_each_position(user: Caller) -> None
     low = user.open(entry_price=50)
     high = user.open(entry_price=150)
 
-    response = user.http.post("/positions/bulk-update", json={
-        "position_ids": [low["id"], high["id"]], "updates": {"stop_loss": 100},
-    })
+    response = user.http.post(
+        "/positions/bulk-update",
+        json={
+            "position_ids": [low["id"], high["id"]],
+            "updates": {"stop_loss": 100},
+        },
+    )
 
     assert response.status_code == 200, response.text
     assert [p["id"] for p in response.json()["updated"]] == [high["id"]]
@@ -1076,9 +1180,14 @@ def test_a_bulk_update_checks_levels_against_each_position(user: Caller) -> None
 def test_an_atomic_bulk_update_applies_to_all(user: Caller) -> None:
     ids = [user.open()["id"] for _ in range(3)]
 
-    response = user.http.post("/positions/bulk-update", json={
-        "position_ids": ids, "updates": {"take_profit": 150}, "atomic": True,
-    })
+    response = user.http.post(
+        "/positions/bulk-update",
+        json={
+            "position_ids": ids,
+            "updates": {"take_profit": 150},
+            "atomic": True,
+        },
+    )
 
     assert response.status_code == 200, response.text
     assert [p["id"] for p in response.json()["updated"]] == ids
@@ -1095,9 +1204,14 @@ def test_an_atomic_bulk_update_with_one_bad_id_changes_nothing(
     foreign = other_user.open()["id"]
 
     for bad in (closed["id"], foreign, str(uuid.uuid4())):
-        response = user.http.post("/positions/bulk-update", json={
-            "position_ids": [good[0], bad, good[1]], "updates": {"notes": "all"}, "atomic": True,
-        })
+        response = user.http.post(
+            "/positions/bulk-update",
+            json={
+                "position_ids": [good[0], bad, good[1]],
+                "updates": {"notes": "all"},
+                "atomic": True,
+            },
+        )
 
         assert_error(response, 409, "/positions/bulk-update")
         assert [f["id"] for f in response.json()["failed"]] == [bad]
@@ -1111,9 +1225,14 @@ def test_a_bulk_update_of_more_than_1000_ids_answers_422(user: Caller, atomic: b
     created = user.open()
     ids = [created["id"]] + [str(uuid.uuid4()) for _ in range(1000)]
 
-    response = user.http.post("/positions/bulk-update", json={
-        "position_ids": ids, "updates": {"notes": "x"}, "atomic": atomic,
-    })
+    response = user.http.post(
+        "/positions/bulk-update",
+        json={
+            "position_ids": ids,
+            "updates": {"notes": "x"},
+            "atomic": atomic,
+        },
+    )
 
     assert_error(response, 422, "/positions/bulk-update")
     assert ["body", "position_ids"] in error_locs(response)
@@ -1122,11 +1241,13 @@ def test_a_bulk_update_of_more_than_1000_ids_answers_422(user: Caller, atomic: b
 
 @pytest.mark.parametrize(
     "body",
-    [{"position_ids": [], "updates": {"quantity": 1}},
-     {"position_ids": ["nope"], "updates": {"notes": "x"}},
-     {"updates": {"notes": "x"}},
-     {"position_ids": [], "updates": {"notes": "x"}, "extra": 1},
-     {"position_ids": [], "updates": {"notes": "x"}, "atomic": "maybe"}],
+    [
+        {"position_ids": [], "updates": {"quantity": 1}},
+        {"position_ids": ["nope"], "updates": {"notes": "x"}},
+        {"updates": {"notes": "x"}},
+        {"position_ids": [], "updates": {"notes": "x"}, "extra": 1},
+        {"position_ids": [], "updates": {"notes": "x"}, "atomic": "maybe"},
+    ],
 )
 def test_a_bad_bulk_body_answers_422(user: Caller, body: dict) -> None:
     assert_error(user.http.post("/positions/bulk-update", json=body), 422, "/positions/bulk-update")
@@ -1136,8 +1257,9 @@ def test_exactly_1000_ids_are_accepted(user: Caller) -> None:
     created = user.open()
     ids = [created["id"]] + [str(uuid.uuid4()) for _ in range(999)]
 
-    response = user.http.post("/positions/bulk-update",
-                              json={"position_ids": ids, "updates": {"notes": "x"}})
+    response = user.http.post(
+        "/positions/bulk-update", json={"position_ids": ids, "updates": {"notes": "x"}}
+    )
 
     assert response.status_code == 200, response.text
     assert len(response.json()["updated"]) == 1 and len(response.json()["failed"]) == 999
@@ -1156,8 +1278,9 @@ def test_error_bodies_carry_the_correlation_id_sent(user: Caller) -> None:
     ]
     for method, path, body, status in cases:
         correlation = f"corr-{uuid.uuid4().hex}"
-        response = user.http.request(method, path, json=body,
-                                     headers={"X-Correlation-ID": correlation})
+        response = user.http.request(
+            method, path, json=body, headers={"X-Correlation-ID": correlation}
+        )
 
         error = assert_error(response, status, path)
         assert response.headers["x-correlation-id"] == correlation

@@ -99,7 +99,7 @@ class Case:
         return decide(self.command, self.state)
 
     def then(self, *expected: Event) -> Position | None:
-        """The command leads to exactly these events, in this order; returns the state after them."""
+        """The command leads to exactly these events, in order; returns the state after them."""
         events = self._decide()
         assert events == list(expected)
         if isinstance(self.command, UpdateMarketPrices):
@@ -120,7 +120,9 @@ class Case:
             actual = getattr(error, name)
             if name == "errors":
                 reported = {e.field for e in actual}
-                assert reported == set(expected), f"{sorted(reported)} != {sorted(expected)}: {error}"
+                assert reported == set(expected), (
+                    f"{sorted(reported)} != {sorted(expected)}: {error}"
+                )
             else:
                 assert actual == expected
         return error
@@ -149,9 +151,18 @@ def opened(
     at: datetime = NOW,
 ) -> PositionOpened:
     return PositionOpened(
-        at=at, position_id=position_id, owner=owner, symbol=symbol, side=side,  # type: ignore[arg-type]
-        quantity=D(quantity), entry_price=D(entry_price), stop_loss=_maybe(stop_loss),
-        take_profit=_maybe(take_profit), strategy=strategy, notes=notes, pending=pending,
+        at=at,
+        position_id=position_id,
+        owner=owner,
+        symbol=symbol,
+        side=side,  # type: ignore[arg-type]
+        quantity=D(quantity),
+        entry_price=D(entry_price),
+        stop_loss=_maybe(stop_loss),
+        take_profit=_maybe(take_profit),
+        strategy=strategy,
+        notes=notes,
+        pending=pending,
     )
 
 
@@ -188,15 +199,22 @@ def marked(price: Number, *, at: datetime = NOW) -> PositionMarked:
     return PositionMarked(at=at, price=D(price))
 
 
-def reduced(quantity: Number, price: Number, realized_pnl: Number, *, at: datetime = NOW) -> PositionReduced:
-    return PositionReduced(at=at, quantity=D(quantity), price=D(price), realized_pnl=D(realized_pnl))
+def reduced(
+    quantity: Number, price: Number, realized_pnl: Number, *, at: datetime = NOW
+) -> PositionReduced:
+    return PositionReduced(
+        at=at, quantity=D(quantity), price=D(price), realized_pnl=D(realized_pnl)
+    )
 
 
 def closed(
     quantity: Number, price: Number, realized_pnl: Number, exit_price: Number, *, at: datetime = NOW
 ) -> PositionClosed:
     return PositionClosed(
-        at=at, quantity=D(quantity), price=D(price), realized_pnl=D(realized_pnl),
+        at=at,
+        quantity=D(quantity),
+        price=D(price),
+        realized_pnl=D(realized_pnl),
         exit_price=D(exit_price),
     )
 
@@ -232,9 +250,18 @@ def open_position(
     at: datetime = NOW,
 ) -> OpenPosition:
     return OpenPosition(
-        at=at, position_id=position_id, owner=owner, symbol=symbol, side=side,  # type: ignore[arg-type]
-        quantity=D(quantity), entry_price=D(entry_price), stop_loss=_maybe(stop_loss),
-        take_profit=_maybe(take_profit), strategy=strategy, notes=notes, pending=pending,
+        at=at,
+        position_id=position_id,
+        owner=owner,
+        symbol=symbol,
+        side=side,  # type: ignore[arg-type]
+        quantity=D(quantity),
+        entry_price=D(entry_price),
+        stop_loss=_maybe(stop_loss),
+        take_profit=_maybe(take_profit),
+        strategy=strategy,
+        notes=notes,
+        pending=pending,
     )
 
 

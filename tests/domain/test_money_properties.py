@@ -37,12 +37,23 @@ from .given import (
 PLACES = rules.MAX_DECIMAL_PLACES
 UNIT = Decimal(1).scaleb(-PLACES)  # 0.00000001
 
-prices = st.decimals(places=PLACES, min_value=UNIT, max_value=rules.MAX_MAGNITUDE,
-                     allow_nan=False, allow_infinity=False)
-exit_prices = st.decimals(places=PLACES, min_value=Decimal(0), max_value=rules.MAX_MAGNITUDE,
-                          allow_nan=False, allow_infinity=False)
-quantities = st.decimals(places=PLACES, min_value=UNIT, max_value=Decimal(10) ** 6,
-                         allow_nan=False, allow_infinity=False)
+prices = st.decimals(
+    places=PLACES,
+    min_value=UNIT,
+    max_value=rules.MAX_MAGNITUDE,
+    allow_nan=False,
+    allow_infinity=False,
+)
+exit_prices = st.decimals(
+    places=PLACES,
+    min_value=Decimal(0),
+    max_value=rules.MAX_MAGNITUDE,
+    allow_nan=False,
+    allow_infinity=False,
+)
+quantities = st.decimals(
+    places=PLACES, min_value=UNIT, max_value=Decimal(10) ** 6, allow_nan=False, allow_infinity=False
+)
 sides = st.sampled_from(["long", "short"])
 
 
@@ -75,7 +86,7 @@ def split(total: Decimal, cuts: list[int]) -> list[Decimal]:
     """`total` cut at these multiples of 0.00000001 into positive parts."""
     units = int(total.scaleb(PLACES))
     points = [0, *sorted(c for c in set(cuts) if 0 < c < units), units]
-    return [Decimal(b - a).scaleb(-PLACES) for a, b in zip(points, points[1:])]
+    return [Decimal(b - a).scaleb(-PLACES) for a, b in zip(points, points[1:], strict=False)]
 
 
 # -- (a) scale in, close in parts --------------------------------------------------------------
@@ -100,8 +111,10 @@ def test_realized_pnl_of_scaling_in_and_out_is_the_domain_formula_on_the_rounded
     # What DOMAIN.md says, computed here: avg = (avg*q + px*add_q) / (q + add_q), rounded.
     average, open_quantity = Fraction(first[1]), Fraction(first[0])
     for quantity, price in additions:
-        average = half_even_8((average * open_quantity + Fraction(price) * Fraction(quantity))
-                              / (open_quantity + Fraction(quantity)))
+        average = half_even_8(
+            (average * open_quantity + Fraction(price) * Fraction(quantity))
+            / (open_quantity + Fraction(quantity))
+        )
         open_quantity += Fraction(quantity)
     assert book.state is not None and Fraction(book.state.entry_price) == average
 
@@ -109,20 +122,32 @@ def test_realized_pnl_of_scaling_in_and_out_is_the_domain_formula_on_the_rounded
     units = int(total.scaleb(PLACES))
     cuts = data.draw(st.lists(st.integers(1, max(1, units - 1)), max_size=4), label="cuts")
     parts = split(total, cuts)
-    closing_prices = data.draw(st.lists(exit_prices, min_size=len(parts), max_size=len(parts)),
-                               label="closing prices")
-    for i, (quantity, price) in enumerate(zip(parts, closing_prices)):
+    closing_prices = data.draw(
+        st.lists(exit_prices, min_size=len(parts), max_size=len(parts)), label="closing prices"
+    )
+    for i, (quantity, price) in enumerate(zip(parts, closing_prices, strict=True)):
         last = i == len(parts) - 1
-        book.run(close(exit_price=price,
-                       quantity=None if last and close_the_rest_without_a_quantity else quantity))
+        book.run(
+            close(
+                exit_price=price,
+                quantity=None if last and close_the_rest_without_a_quantity else quantity,
+            )
+        )
 
     sign = 1 if side == "long" else -1
-    expected_pnl = sum((Fraction(q) * (Fraction(px) - average) * sign
-                        for q, px in zip(parts, closing_prices)), Fraction(0))
-    expected_exit = half_even_8(sum(Fraction(q) * Fraction(px) for q, px in zip(parts, closing_prices))
-                                / Fraction(total))
+    expected_pnl = sum(
+        (
+            Fraction(q) * (Fraction(px) - average) * sign
+            for q, px in zip(parts, closing_prices, strict=True)
+        ),
+        Fraction(0),
+    )
+    expected_exit = half_even_8(
+        sum(Fraction(q) * Fraction(px) for q, px in zip(parts, closing_prices, strict=True))
+        / Fraction(total)
+    )
 
-    closes = book.events[1 + len(additions):]
+    closes = book.events[1 + len(additions) :]
     assert [type(e) for e in closes] == [PositionReduced] * (len(parts) - 1) + [PositionClosed]
     assert sum(Fraction(e.realized_pnl) for e in closes) == expected_pnl  # type: ignore[attr-defined]
     state = book.state
@@ -137,8 +162,10 @@ def test_each_close_realizes_the_formula_of_its_side(side: str, quantity, entry,
     exit_price = data.draw(exit_prices, label="exit price")
     units = int(quantity.scaleb(PLACES))
     part = Decimal(data.draw(st.integers(1, units), label="units closed")).scaleb(-PLACES)
-    (event,) = decide(close(exit_price=exit_price, quantity=part),
-                      fold([opened(side=side, quantity=quantity, entry_price=entry)]))
+    (event,) = decide(
+        close(exit_price=exit_price, quantity=part),
+        fold([opened(side=side, quantity=quantity, entry_price=entry)]),
+    )
     move = exit_price - entry if side == "long" else entry - exit_price
     assert Fraction(event.realized_pnl) == Fraction(part) * Fraction(move)  # type: ignore[attr-defined]
 
@@ -150,14 +177,22 @@ def test_each_close_realizes_the_formula_of_its_side(side: str, quantity, entry,
 def histories(draw: st.DrawFn) -> list[Event]:
     """A history a position could have: commands drawn to fit the state, run through decide."""
     book = Book()
-    book.run(open_position(side=draw(sides), quantity=draw(quantities), entry_price=draw(prices),
-                           pending=draw(st.booleans())))
+    book.run(
+        open_position(
+            side=draw(sides),
+            quantity=draw(quantities),
+            entry_price=draw(prices),
+            pending=draw(st.booleans()),
+        )
+    )
     for _ in range(draw(st.integers(0, 8))):
         state = book.state
         assert state is not None
         if state.status == "closed":
             break
-        actions = ["mark", "close"] + (["fill"] if state.status == "pending" else ["increase", "reduce"])
+        actions = ["mark", "close"] + (
+            ["fill"] if state.status == "pending" else ["increase", "reduce"]
+        )
         action = draw(st.sampled_from(actions))
         if action == "fill":
             book.run(fill(draw(st.none() | prices)))
@@ -177,8 +212,16 @@ def histories(draw: st.DrawFn) -> list[Event]:
 
 # -- (b) no float, no stray digits -------------------------------------------------------------
 
-AT_MOST_8_PLACES = {"quantity", "entry_price", "current_price", "stop_loss", "take_profit",
-                    "exit_price", "closed_quantity", "price"}
+AT_MOST_8_PLACES = {
+    "quantity",
+    "entry_price",
+    "current_price",
+    "stop_loss",
+    "take_profit",
+    "exit_price",
+    "closed_quantity",
+    "price",
+}
 MONEY = {"realized_pnl", "closed_value"}  # products of two 8-place figures: at most 16 places
 
 
@@ -238,7 +281,9 @@ def test_the_ambient_decimal_context_does_not_change_any_figure(events: list[Eve
 
 
 @for_all(histories(), st.data())
-def test_folding_one_event_at_a_time_equals_folding_them_all_at_once(events: list[Event], data) -> None:
+def test_folding_one_event_at_a_time_equals_folding_them_all_at_once(
+    events: list[Event], data
+) -> None:
     all_at_once = fold(events)
     assert functools.reduce(evolve, events, None) == all_at_once
     cut = data.draw(st.integers(0, len(events)), label="cut")
@@ -255,7 +300,9 @@ def test_folding_one_event_at_a_time_equals_folding_them_all_at_once(events: lis
     additions=st.lists(st.tuples(quantities, prices), max_size=4),
     data=st.data(),
 )
-def test_closing_at_the_average_entry_price_realizes_nothing(side: str, first, additions, data) -> None:
+def test_closing_at_the_average_entry_price_realizes_nothing(
+    side: str, first, additions, data
+) -> None:
     history = [opened(side=side, quantity=first[0], entry_price=first[1])]
     history += [increased(q, px) for q, px in additions]
     state = fold(history)
@@ -269,8 +316,10 @@ def test_closing_at_the_average_entry_price_realizes_nothing(side: str, first, a
 
 @pytest.mark.parametrize("side", ["long", "short"])
 def test_a_close_at_the_entry_price_realizes_zero(side: str) -> None:
-    (event,) = decide(close(exit_price="123.45678901"),
-                      fold([opened(side=side, quantity="7.5", entry_price="123.45678901")]))
+    (event,) = decide(
+        close(exit_price="123.45678901"),
+        fold([opened(side=side, quantity="7.5", entry_price="123.45678901")]),
+    )
     assert event.realized_pnl == 0  # type: ignore[attr-defined]
 
 

@@ -62,7 +62,9 @@ async def test_no_stream_expectation_fails_once_the_stream_exists(store: EventSt
         await store.append(stream, [new_event()], ExpectedVersion.NO_STREAM)
 
     assert (conflict.value.stream_id, conflict.value.expected, conflict.value.actual) == (
-        stream, 0, 1,
+        stream,
+        0,
+        1,
     )
 
 

@@ -123,7 +123,9 @@ class Consumer:
                     await connection.execute(
                         "INSERT INTO consumed (subscriber, global_position, event_id) "
                         "VALUES ($1, $2, $3)",
-                        self.name, event.global_position, event.event_id,
+                        self.name,
+                        event.global_position,
+                        event.event_id,
                     )
                     await save_checkpoint(connection, self.name, position, event.position)
                 position = event.position
@@ -192,7 +194,9 @@ async def test_sixteen_writers_with_rollbacks_two_subscribers_each_event_exactly
     ]
     order_b = [
         row["event_id"]
-        for row in await pool.fetch("SELECT event_id FROM consumed WHERE subscriber = 'b' ORDER BY seq")
+        for row in await pool.fetch(
+            "SELECT event_id FROM consumed WHERE subscriber = 'b' ORDER BY seq"
+        )
     ]
     assert total >= target
     assert 0.05 < len(doomed_ids) / (total + len(doomed_ids)) < 0.2

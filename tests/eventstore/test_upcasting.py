@@ -20,7 +20,9 @@ async def write_old_shape(pool: asyncpg.Pool, stream: str) -> None:
     await pool.execute(
         "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data)"
         " VALUES ($1, $2, 1, 'Filled', 1, $3)",
-        uuid.uuid4(), stream, msgspec.Raw(b'{"price": "10.50", "size": 3}'),
+        uuid.uuid4(),
+        stream,
+        msgspec.Raw(b'{"price": "10.50", "size": 3}'),
     )
 
 
@@ -74,7 +76,11 @@ async def test_current_events_pass_through_untouched(
         [event] = await store.read_stream(stream)
     finally:
         await store.close()
-    assert (event.event_type, event.schema_version, event.data) == ("PositionFilled", 3, {"price": 1})
+    assert (event.event_type, event.schema_version, event.data) == (
+        "PositionFilled",
+        3,
+        {"price": 1},
+    )
 
 
 def test_a_step_can_be_registered_once() -> None:

@@ -45,26 +45,43 @@ async def random_workload(handlers: PositionHandlers, seed: int, steps: int) -> 
                 ids.append(uuid.uuid4())
                 entry = price(rng)
                 side = rng.choice(["long", "short"])
-                await handlers.handle(ids[-1], OpenPosition(
-                    at=AT, position_id=ids[-1], owner=rng.choice(["ann", "bob"]),
-                    symbol=rng.choice(SYMBOLS), side=side, quantity=Decimal(rng.randint(1, 50)),
-                    entry_price=entry, strategy=rng.choice([None, "swing", "carry"]),
-                    pending=rng.random() < 0.2,
-                ), meta)
+                await handlers.handle(
+                    ids[-1],
+                    OpenPosition(
+                        at=AT,
+                        position_id=ids[-1],
+                        owner=rng.choice(["ann", "bob"]),
+                        symbol=rng.choice(SYMBOLS),
+                        side=side,
+                        quantity=Decimal(rng.randint(1, 50)),
+                        entry_price=entry,
+                        strategy=rng.choice([None, "swing", "carry"]),
+                        pending=rng.random() < 0.2,
+                    ),
+                    meta,
+                )
             elif roll < 0.4:
-                await handlers.update_market_prices(UpdateMarketPrices(
-                    at=AT, prices={s: price(rng) for s in rng.sample(SYMBOLS, 2)}), meta)
+                await handlers.update_market_prices(
+                    UpdateMarketPrices(
+                        at=AT, prices={s: price(rng) for s in rng.sample(SYMBOLS, 2)}
+                    ),
+                    meta,
+                )
             else:
                 target = rng.choice(ids)
-                command = rng.choice([
-                    AmendPosition(at=AT, current_price=price(rng)),
-                    AmendPosition(at=AT, notes=f"note {rng.random()}", strategy="swing"),
-                    FillPosition(at=AT),
-                    IncreasePosition(at=AT, quantity=Decimal(rng.randint(1, 5)), price=price(rng)),
-                    ClosePosition(at=AT, exit_price=price(rng), quantity=Decimal(1)),
-                    ClosePosition(at=AT, exit_price=price(rng)),
-                    DeletePosition(at=AT),
-                ])
+                command = rng.choice(
+                    [
+                        AmendPosition(at=AT, current_price=price(rng)),
+                        AmendPosition(at=AT, notes=f"note {rng.random()}", strategy="swing"),
+                        FillPosition(at=AT),
+                        IncreasePosition(
+                            at=AT, quantity=Decimal(rng.randint(1, 5)), price=price(rng)
+                        ),
+                        ClosePosition(at=AT, exit_price=price(rng), quantity=Decimal(1)),
+                        ClosePosition(at=AT, exit_price=price(rng)),
+                        DeletePosition(at=AT),
+                    ]
+                )
                 await handlers.handle(target, command, meta)
         except DomainError:
             pass  # refusals are part of a realistic workload; they record nothing
@@ -94,8 +111,10 @@ async def test_differences_finds_a_tampered_row(pool: asyncpg.Pool, live_store: 
     await random_workload(PositionHandlers(live_store), seed=7, steps=30)
     await rebuild_into(pool, live_store, "rebuilt", project_positions)
 
-    await pool.execute("UPDATE positions SET notes = 'tampered' WHERE position_id = "
-                       "(SELECT position_id FROM positions LIMIT 1)")
+    await pool.execute(
+        "UPDATE positions SET notes = 'tampered' WHERE position_id = "
+        "(SELECT position_id FROM positions LIMIT 1)"
+    )
 
     assert (await differences(pool, "rebuilt"))["positions"] == 2  # the live row and its twin
 
@@ -116,13 +135,26 @@ async def test_a_price_committed_after_an_opening_earlier_in_the_log_prices_it_t
     meta = {"actor": "test"}
     try:
         # The price update takes its place in the log first, but commits last.
-        update = asyncio.create_task(handlers.update_market_prices(
-            UpdateMarketPrices(at=AT, prices={"AAPL": Decimal("101")}), meta))
+        update = asyncio.create_task(
+            handlers.update_market_prices(
+                UpdateMarketPrices(at=AT, prices={"AAPL": Decimal("101")}), meta
+            )
+        )
         await entered.wait()
         position_id = uuid.uuid4()
-        await handlers.handle(position_id, OpenPosition(
-            at=AT, position_id=position_id, owner="ann", symbol="AAPL", side="long",
-            quantity=Decimal(1), entry_price=Decimal(100)), meta)
+        await handlers.handle(
+            position_id,
+            OpenPosition(
+                at=AT,
+                position_id=position_id,
+                owner="ann",
+                symbol="AAPL",
+                side="long",
+                quantity=Decimal(1),
+                entry_price=Decimal(100),
+            ),
+            meta,
+        )
         release.set()
         await update
     finally:
