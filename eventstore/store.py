@@ -27,6 +27,14 @@ InlineProjector = Callable[[asyncpg.Connection, Sequence[RecordedEvent]], Awaita
 # a unique violation). An expected version n needs only "version n exists" (n = 0: nothing to
 # check); only "any version" looks up the stream's last version. One event, one stream and several
 # streams each have a statement: the general form costs about twice as much on the server.
+# The first event of a new stream, the commonest append of all (every new position): its version
+# is 1, and the unique index refuses it if the stream exists.
+_START_STREAM = """
+INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata)
+VALUES ($2, $1, 1, $3, $4, $5, $6)
+RETURNING event_id, global_position, tx_id, stream_version, recorded_at
+"""
+
 _APPEND_EVENT = """
 INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata)
 SELECT $2, $1,
@@ -446,15 +454,17 @@ def _statement(
 ) -> tuple[str, list[Any]]:
     if len(pending) == 1:
         [item], append = pending, appends[0]
-        return _APPEND_EVENT, [
+        event = [
             append.stream_id,
             item.event.event_id,
             item.event.event_type,
             item.event.schema_version,
             msgspec.Raw(item.data),
             msgspec.Raw(item.metadata),
-            append.expected_version,
         ]
+        if append.expected_version == ExpectedVersion.NO_STREAM:
+            return _START_STREAM, event
+        return _APPEND_EVENT, [*event, append.expected_version]
     events = [
         [item.event.event_id for item in pending],
         [item.event.event_type for item in pending],

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.eventstore`, `python -m bench.api` (see BENCHMARKS.md)."""
