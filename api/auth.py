@@ -7,6 +7,7 @@ Pure functions over strings: the route layer reads the header (or `?token=`) and
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -141,6 +142,9 @@ _REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
 
 
 class TokenVerifier:
+    REMEMBERED = 10_000
+    """Verified tokens kept, least recently used first out."""
+
     def __init__(self, settings: AuthSettings) -> None:
         self.settings = settings
         # Parse a PEM once here; given text, pyjwt would parse it again on every request.
@@ -149,8 +153,25 @@ class TokenVerifier:
             if settings.algorithm == "HS256"
             else _load_public_key(settings.algorithm, settings.public_key or "")
         )
+        # A client sends the same token many times: its signature is checked once, and the
+        # principal is reused until the token expires (the only check that changes with time).
+        self._verified: OrderedDict[str, Principal] = OrderedDict()
 
     def verify(self, token: str) -> Principal:
+        principal = self._verified.get(token)
+        if principal is not None:
+            leeway = timedelta(seconds=self.settings.leeway_seconds)
+            if principal.expires_at + leeway > datetime.now(UTC):
+                self._verified.move_to_end(token)
+                return principal
+            del self._verified[token]
+        principal = self._verify(token)
+        self._verified[token] = principal
+        if len(self._verified) > self.REMEMBERED:
+            self._verified.popitem(last=False)
+        return principal
+
+    def _verify(self, token: str) -> Principal:
         if not isinstance(token, str) or not token:
             raise AuthError("missing token")
         if len(token) > MAX_TOKEN_BYTES:

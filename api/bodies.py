@@ -6,6 +6,7 @@ domain's own per-field rules run on every field that converted; all findings are
 
 from __future__ import annotations
 
+import functools
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 from uuid import UUID
@@ -99,8 +100,13 @@ def decode_object(raw: bytes) -> dict[str, Any]:
     return data
 
 
+@functools.cache
+def _fields(kind: type[msgspec.Struct]) -> dict[str, msgspec.structs.FieldInfo]:
+    return {field.encode_name: field for field in msgspec.structs.fields(kind)}
+
+
 def parse_object(data: dict[str, Any], kind: type[Body], location: str = "body") -> Body:
-    fields = {field.encode_name: field for field in msgspec.structs.fields(kind)}
+    fields = _fields(kind)
     errors = [{"loc": [location, key], "msg": "unknown field"} for key in data if key not in fields]
     values: dict[str, Any] = {}
     for name, field in fields.items():

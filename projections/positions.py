@@ -20,7 +20,13 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from domain.events import MarketPricesUpdated, PositionClosed, PositionMarked, event_from
+from domain.events import (
+    MarketPricesUpdated,
+    PositionClosed,
+    PositionMarked,
+    PositionOpened,
+    event_from,
+)
 from domain.position import Position, evolve
 from eventstore import RecordedEvent
 
@@ -119,11 +125,17 @@ class _Batch:
 
     @classmethod
     async def load(cls, connection: asyncpg.Connection, events: Sequence[RecordedEvent]) -> _Batch:
-        """The existing rows the batch changes, in one query."""
+        """The existing rows the batch changes, in one query (none for a batch that only opens)."""
         batch = cls(connection)
-        ids = {
-            position_id_of(e.stream_id) for e in events if e.stream_id.startswith(CATEGORY + "-")
-        }
+        opened: set[UUID] = set()
+        ids: set[UUID] = set()
+        for event in events:
+            if event.stream_id.startswith(CATEGORY + "-"):
+                position_id = position_id_of(event.stream_id)
+                if event.event_type == PositionOpened.__name__:
+                    opened.add(position_id)  # new: there is no row to load
+                elif position_id not in opened:
+                    ids.add(position_id)
         if ids:
             for row in await connection.fetch(_LOAD, list(ids)):
                 values = dict(row)

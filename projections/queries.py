@@ -90,25 +90,18 @@ _SELECT_POSITION = f"""
 WHERE p.position_id = $1 AND ($2::text IS NULL OR p.owner = $2)
 """
 
-_LIST = f"""
-SELECT p.*, {_PRICE} AS price, count(*) OVER () AS total FROM {_FROM}
-WHERE ($1::text IS NULL OR p.owner = $1)
-  AND ($2::text IS NULL OR p.status = $2)
-  AND ($3::text IS NULL OR p.symbol = $3)
-  AND ($4::text IS NULL OR p.strategy = $4)
-  AND ($5::text IS NULL OR p.side = $5)
-ORDER BY p.created_at DESC, p.position_id DESC
-LIMIT $6 OFFSET $7
-"""
+_FILTERABLE = ("owner", "status", "symbol", "strategy", "side")
 
-_COUNT = """
-SELECT count(*) FROM positions
-WHERE ($1::text IS NULL OR owner = $1)
-  AND ($2::text IS NULL OR status = $2)
-  AND ($3::text IS NULL OR symbol = $3)
-  AND ($4::text IS NULL OR strategy = $4)
-  AND ($5::text IS NULL OR side = $5)
-"""
+
+def _where(where: PositionFilter) -> tuple[str, list[Any]]:
+    """Only the filters given, so that an index can serve the page (values stay parameters)."""
+    clauses, arguments = [], []
+    for column in _FILTERABLE:
+        value = getattr(where, column)
+        if value is not None:
+            arguments.append(value)
+            clauses.append(f"p.{column} = ${len(arguments)}")
+    return " AND ".join(clauses) or "TRUE", arguments
 
 
 async def get_position(
@@ -131,12 +124,18 @@ async def list_positions(
     connection: asyncpg.Connection | asyncpg.Pool, where: PositionFilter, limit: int, offset: int
 ) -> tuple[list[PositionView], int]:
     """A page of positions, newest first, and how many match in all."""
-    arguments = (where.owner, where.status, where.symbol, where.strategy, where.side)
-    rows = await connection.fetch(_LIST, *arguments, limit, offset)
-    if rows:
-        total = rows[0]["total"]
-    else:
-        total = await connection.fetchval(_COUNT, *arguments)
+    condition, arguments = _where(where)
+    n = len(arguments)
+    rows = await connection.fetch(
+        f"{_PRICED} WHERE {condition} ORDER BY p.created_at DESC, p.position_id DESC "
+        f"LIMIT ${n + 1} OFFSET ${n + 2}",
+        *arguments,
+        limit,
+        offset,
+    )
+    total = await connection.fetchval(
+        f"SELECT count(*) FROM positions p WHERE {condition}", *arguments
+    )
     return [position_view(row) for row in rows], total
 
 

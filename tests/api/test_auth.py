@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -494,3 +495,54 @@ def test_mint_token_refuses_an_unknown_algorithm() -> None:
         mint_token(
             secret_or_private_key=SECRET, algorithm="none", subject="a", role=Role.USER, ttl=HOUR
         )
+
+
+def test_a_remembered_token_is_still_refused_once_it_expires(hs256: TokenVerifier) -> None:
+    verifier = hs256
+    token = mint_token(
+        secret_or_private_key=SECRET,
+        algorithm="HS256",
+        subject="alice",
+        role=Role.USER,
+        ttl=timedelta(seconds=1),
+    )
+    assert verifier.verify(token).subject == "alice"
+    assert verifier.verify(token).subject == "alice"  # from memory
+
+    time.sleep(1.1)
+
+    with pytest.raises(AuthError, match="expired"):
+        verifier.verify(token)
+
+
+def test_the_memory_of_verified_tokens_is_bounded(hs256: TokenVerifier) -> None:
+    verifier = hs256
+    verifier.REMEMBERED = 3
+    tokens = [
+        mint_token(
+            secret_or_private_key=SECRET,
+            algorithm="HS256",
+            subject=f"u{i}",
+            role=Role.USER,
+            ttl=timedelta(hours=1),
+        )
+        for i in range(5)
+    ]
+    for token in tokens:
+        verifier.verify(token)
+    assert list(verifier._verified) == tokens[2:]
+
+
+def test_a_refused_token_is_not_remembered(hs256: TokenVerifier) -> None:
+    verifier = hs256
+    forged = mint_token(
+        secret_or_private_key="x" * 40,
+        algorithm="HS256",
+        subject="mallory",
+        role=Role.ADMIN,
+        ttl=timedelta(hours=1),
+    )
+    for _ in range(2):
+        with pytest.raises(AuthError):
+            verifier.verify(forged)
+    assert forged not in verifier._verified
