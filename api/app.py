@@ -19,9 +19,9 @@ from projections.positions import project_positions
 
 from .auth import AuthError, AuthSettings, TokenVerifier
 from .config import Settings
-from .context import CorrelationMiddleware
+from .context import RequestContextMiddleware
 from .database import apply_migrations, create_pool, resolve_database_url
-from .errors import ApiError, LastResortMiddleware, handle_error
+from .errors import ApiError, handle_error
 from .routes import health, portfolio, positions
 
 
@@ -61,9 +61,9 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
 
     app = Starlette(
         routes=[*health.routes, *positions.routes, *portfolio.routes],
-        middleware=[Middleware(CorrelationMiddleware), Middleware(LastResortMiddleware)],
+        middleware=[Middleware(RequestContextMiddleware)],
         exception_handlers={
-            # Expected refusals. Anything else reaches LastResortMiddleware: a bare 500.
+            # Expected refusals. Anything else: a bare 500 from RequestContextMiddleware.
             kind: handle_error
             for kind in (
                 ApiError,

@@ -6,16 +6,22 @@ import re
 import uuid
 from typing import Any
 
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import Principal
+from .errors import error_response
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
-class CorrelationMiddleware:
-    """Takes X-Correlation-ID (or X-Request-ID) when it is a sane id, else makes one; echoes it."""
+class RequestContextMiddleware:
+    """Each request's correlation id, and the answer to a fault nobody expected.
+
+    The id is taken from X-Correlation-ID (or X-Request-ID) when it is a sane id, else made, and
+    echoed in the answer. A fault is answered with a bare 500 (its stack goes to the log only):
+    Starlette's own last resort sits outside every middleware, so its answer would lack the id.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -31,13 +37,21 @@ class CorrelationMiddleware:
         correlation_id = given if _SAFE_ID.fullmatch(given) else str(uuid.uuid4())
         scope.setdefault("state", {})["correlation_id"] = correlation_id
         echoed = (b"x-correlation-id", correlation_id.encode())
+        started = False
 
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = [*message.get("headers", []), echoed]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as error:
+            if started or scope["type"] != "http":
+                raise
+            await error_response(Request(scope), error)(scope, receive, send_with_id)
 
 
 def event_metadata(connection: HTTPConnection, principal: Principal) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from commands import AtomicFailure, StalePosition, TooMuchContention
 from domain.errors import (
@@ -115,32 +114,3 @@ def error_response(request: Request, error: Exception) -> Response:
 async def handle_error(request: Request, error: Exception) -> Response:
     """Starlette exception handler for everything above."""
     return error_response(request, error)
-
-
-class LastResortMiddleware:
-    """Answers a fault nobody expected with a bare 500 (its stack goes to the log only).
-
-    Starlette's own last resort sits outside every middleware, so its answer would lack the
-    correlation id header; this one sits inside the correlation middleware.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception as error:
-            if started:
-                raise
-            await error_response(Request(scope), error)(scope, receive, send)

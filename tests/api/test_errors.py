@@ -7,8 +7,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from api.context import CorrelationMiddleware
-from api.errors import LastResortMiddleware
+from api.context import RequestContextMiddleware
 
 
 async def fault(request):
@@ -17,7 +16,7 @@ async def fault(request):
 
 app = Starlette(
     routes=[Route("/fault", fault)],
-    middleware=[Middleware(CorrelationMiddleware), Middleware(LastResortMiddleware)],
+    middleware=[Middleware(RequestContextMiddleware)],
 )
 
 
