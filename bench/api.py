@@ -92,7 +92,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as a file: import the project, not this folder's namesake
@@ -106,6 +105,16 @@ from starlette.applications import Starlette  # noqa: E402
 from starlette.requests import Request  # noqa: E402
 from starlette.responses import Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
+
+from bench.common import (  # noqa: E402
+    database_dsn,
+    drop_database,
+    machine_ticks,
+    median,
+    num,
+    print_table,
+    process_seconds,
+)
 
 DEFAULT_ADMIN_DSN = "postgresql:///postgres"
 POOL_SIZE = 10
@@ -214,33 +223,6 @@ def create_bare_app() -> Starlette:
 # -- measuring ---------------------------------------------------------------------------------
 
 
-def _machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies over all cores, from /proc/stat; (0, 0) where there is none."""
-    try:
-        with open("/proc/stat") as stat:
-            fields = [int(v) for v in stat.readline().split()[1:9]]
-    except OSError:
-        return 0, 0
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
-
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _process_seconds(pids: list[int]) -> float | None:
-    """CPU seconds used so far by these (local) processes; None when /proc cannot tell."""
-    total = 0
-    try:
-        for pid in pids:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    except (OSError, IndexError, ValueError):
-        return None
-    return total / _CLOCK_TICKS
-
-
 def _children_seconds() -> float:
     """CPU seconds of this process's reaped children (wrk, py-spy)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -300,10 +282,10 @@ class Meter:
         return {
             "app_pid": app_pid,
             "backends": backends,
-            "app": _process_seconds([app_pid]),
-            "server": _process_seconds(backends),
+            "app": process_seconds([app_pid]),
+            "server": process_seconds(backends),
             "load": _children_seconds() + time.process_time(),
-            "machine": _machine_ticks(),
+            "machine": machine_ticks(),
             "wall": time.perf_counter(),
         }
 
@@ -317,9 +299,9 @@ class Meter:
         seconds: float | None = None,
     ) -> Sample:
         wall = time.perf_counter()
-        busy1, total1 = _machine_ticks()
-        app1 = _process_seconds([start["app_pid"]])
-        server1 = _process_seconds(start["backends"])
+        busy1, total1 = machine_ticks()
+        app1 = process_seconds([start["app_pid"]])
+        server1 = process_seconds(start["backends"])
         load1 = _children_seconds() + time.process_time()
         elapsed = wall - start["wall"]
         busy0, total0 = start["machine"]
@@ -649,42 +631,8 @@ def price_bodies() -> list[str]:
 # -- the run -----------------------------------------------------------------------------------
 
 
-def database_dsn(admin_dsn: str, name: str) -> str:
-    parts = urlsplit(admin_dsn)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
-async def drop_database(admin: asyncpg.Connection, name: str) -> None:
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            cell.rjust(width) if i else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(cells, widths))
-        )
-
-    print(f"\n{title}")
-    print(line(header))
-    print("-" * len(line(header)))
-    for row in rows:
-        print(line(row))
-
-
-def _median(values: list[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return statistics.median(known) if known else None
-
-
-def _num(value: float | None, spec: str = ",.0f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def _ms(value: float | None) -> str:
-    return _num(value, ".2f" if value is not None and value < 10 else ".1f")
+    return num(value, ".2f" if value is not None and value < 10 else ".1f")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -1079,13 +1027,13 @@ async def measure(
                 f"{statistics.median(rates):,.0f}",
                 f"{min(rates):,.0f}",
                 f"{max(rates):,.0f}",
-                _ms(_median([s.p50_ms for s in runs])),
-                _ms(_median([s.p99_ms for s in runs])),
-                _num(_median([s.us_per_request(s.app_cpu) for s in runs])),
-                _num(_median([s.us_per_request(s.server_cpu) for s in runs])),
-                f"{_median([s.load_cpu for s in runs]):.2f}",
-                f"{_median([s.machine_cpu for s in runs]):.2f}",
-                _num(_median([s.other_cpu for s in runs]), ".2f"),
+                _ms(median([s.p50_ms for s in runs])),
+                _ms(median([s.p99_ms for s in runs])),
+                num(median([s.us_per_request(s.app_cpu) for s in runs])),
+                num(median([s.us_per_request(s.server_cpu) for s in runs])),
+                f"{median([s.load_cpu for s in runs]):.2f}",
+                f"{median([s.machine_cpu for s in runs]):.2f}",
+                num(median([s.other_cpu for s in runs]), ".2f"),
                 str(sum(s.errors for s in runs)),
             ]
         )
@@ -1114,7 +1062,7 @@ async def measure(
     )
 
     def ratio(top: str, bottom: str) -> tuple[float, float, float]:
-        paired = [t.rate / b.rate for t, b in zip(samples[top], samples[bottom])]
+        paired = [t.rate / b.rate for t, b in zip(samples[top], samples[bottom], strict=True)]
         value = statistics.median(s.rate for s in samples[top]) / statistics.median(
             s.rate for s in samples[bottom]
         )
@@ -1123,8 +1071,8 @@ async def measure(
     def worker_ratio(top: str, bottom: str) -> str:
         """bare / service server-process CPU per request: the throughput ratio when each
         server's one worker is the bottleneck, whatever else runs on the machine."""
-        t = _median([s.us_per_request(s.app_cpu) for s in samples[top]])
-        b = _median([s.us_per_request(s.app_cpu) for s in samples[bottom]])
+        t = median([s.us_per_request(s.app_cpu) for s in samples[top]])
+        b = median([s.us_per_request(s.app_cpu) for s in samples[bottom]])
         return "-" if not t or not b else f"{b / t:.2f}"
 
     ratio_rows, missed = [], []
@@ -1187,8 +1135,8 @@ async def measure(
             f"{_percentile(price_ms, 50):.1f}",
             f"{_percentile(price_ms, 99):.1f}",
             f"{min(price_ms):.1f}",
-            _num(ms_per_call("app_cpu"), ".1f"),
-            _num(ms_per_call("server_cpu"), ".1f"),
+            num(ms_per_call("app_cpu"), ".1f"),
+            num(ms_per_call("server_cpu"), ".1f"),
         ],
     ]
     print_table(

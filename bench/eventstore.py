@@ -49,7 +49,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as a file: import the project, not this folder's namesake
@@ -60,6 +59,15 @@ if __package__ in (None, ""):  # run as a file: import the project, not this fol
 import asyncpg  # noqa: E402
 import msgspec  # noqa: E402
 
+from bench.common import (  # noqa: E402
+    database_dsn,
+    drop_database,
+    machine_ticks,
+    median,
+    num,
+    print_table,
+    process_seconds,
+)
 from eventstore import (  # noqa: E402
     EventStore,
     ExpectedVersion,
@@ -195,33 +203,6 @@ class Sample:
         return cores * self.seconds / self.events * 1e6
 
 
-def _machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies over all cores, from /proc/stat; (0, 0) where there is none."""
-    try:
-        with open("/proc/stat") as stat:
-            fields = [int(v) for v in stat.readline().split()[1:9]]
-    except OSError:
-        return 0, 0
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
-
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _process_seconds(pids: list[int]) -> float | None:
-    """CPU seconds used so far by these (local) processes; None when /proc cannot tell."""
-    total = 0
-    try:
-        for pid in pids:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    except (OSError, IndexError, ValueError):
-        return None
-    return total / _CLOCK_TICKS
-
-
 class Meter:
     """Wall time, events, CPU (client, bench database backends, machine), WAL, checkpoints."""
 
@@ -246,13 +227,13 @@ class Meter:
     async def measure(self, run: Callable[[], Awaitable[int]]) -> Sample:
         backends = await self._backends()
         lsn0, cp0 = await self._server()
-        server0 = _process_seconds(backends)
-        busy0, total0 = _machine_ticks()
+        server0 = process_seconds(backends)
+        busy0, total0 = machine_ticks()
         cpu0, wall0 = time.process_time(), time.perf_counter()
         events = await run()
         wall1, cpu1 = time.perf_counter(), time.process_time()
-        busy1, total1 = _machine_ticks()
-        server1 = _process_seconds(backends)
+        busy1, total1 = machine_ticks()
+        server1 = process_seconds(backends)
         lsn1, cp1 = await self._server()
         seconds = wall1 - wall0
         machine = (busy1 - busy0) / (total1 - total0) * self.cores if total1 > total0 else 0.0
@@ -376,47 +357,13 @@ class Workloads:
 # -- the run -----------------------------------------------------------------------------------
 
 
-def database_dsn(admin_dsn: str, name: str) -> str:
-    parts = urlsplit(admin_dsn)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
-async def drop_database(admin: asyncpg.Connection, name: str) -> None:
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 async def recreate_database(admin: asyncpg.Connection, name: str) -> None:
     await drop_database(admin, name)
     await admin.execute(f'CREATE DATABASE "{name}"')
 
 
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            cell.rjust(width) if i else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    print(f"\n{title}")
-    print(line(header))
-    print("-" * len(line(header)))
-    for row in rows:
-        print(line(row))
-
-
-def _median(values: list[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return statistics.median(known) if known else None
-
-
-def _num(value: float | None, spec: str = ",.0f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def _us(value: float | None) -> str:
-    return _num(value, ".1f" if value is not None and value < 10 else ",.0f")
+    return num(value, ".1f" if value is not None and value < 10 else ",.0f")
 
 
 PHASES = {  # key: label; a round runs the writes in order, the next one in reverse
@@ -524,11 +471,11 @@ async def main(args: argparse.Namespace) -> int:
                 f"{statistics.median(rates):,.0f}",
                 f"{min(rates):,.0f}",
                 f"{max(rates):,.0f}",
-                _us(_median([s.us_per_event(s.client_cpu) for s in phase])),
-                _us(_median([s.us_per_event(s.server_cpu) for s in phase])),
-                f"{_median([s.machine_cpu for s in phase]):.2f}",
-                _num(_median([s.other_cpu for s in phase]), ".2f"),
-                "-" if key.startswith("d") else f"{_median([s.wal_per_event for s in phase]):,.0f}",
+                _us(median([s.us_per_event(s.client_cpu) for s in phase])),
+                _us(median([s.us_per_event(s.server_cpu) for s in phase])),
+                f"{median([s.machine_cpu for s in phase]):.2f}",
+                num(median([s.other_cpu for s in phase]), ".2f"),
+                "-" if key.startswith("d") else f"{median([s.wal_per_event for s in phase]):,.0f}",
             ]
         )
     print_table(
