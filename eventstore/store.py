@@ -202,9 +202,9 @@ class EventStore:
                     lost_race = _is_constraint(error, "events_stream_version_key")
                     if lost_race and retry_on_race and attempt < _ANY_VERSION_ATTEMPTS:
                         continue
-                    return await self._explain_refusal(appends, pending, error)
+                    return await self._explain_refusal(appends, pending, error, connection)
                 except _VersionMismatch:
-                    return await self._explain_refusal(appends, pending, None)
+                    return await self._explain_refusal(appends, pending, None, connection)
             raise AssertionError("unreachable")
         finally:
             self._notifier.appended()
@@ -240,9 +240,15 @@ class EventStore:
         appends: Sequence[StreamAppend],
         pending: Sequence[_Pending],
         error: asyncpg.UniqueViolationError | None,
+        connection: asyncpg.Connection | None,
     ) -> list[RecordedEvent]:
-        """Nothing was written: a retry of a stored append (answer it), or a real refusal."""
-        stored = await self._pool.fetch(_STORED, [item.event.event_id for item in pending])
+        """Nothing was written: a retry of a stored append (answer it), or a real refusal.
+
+        On the caller's connection when there is one (its savepoint is rolled back by now): a
+        caller holding a connection must not wait for a second one from a full pool.
+        """
+        reader = connection or self._pool
+        stored = await reader.fetch(_STORED, [item.event.event_id for item in pending])
         if len(stored) == len(pending):
             return [self._record(row) for row in stored]
         if stored or (error is not None and _is_constraint(error, "events_event_id_key")):
@@ -251,7 +257,7 @@ class EventStore:
             )
         versions = {
             row["stream_id"]: row["version"]
-            for row in await self._pool.fetch(_STREAM_VERSIONS, [a.stream_id for a in appends])
+            for row in await reader.fetch(_STREAM_VERSIONS, [a.stream_id for a in appends])
         }
         for append in appends:
             actual = versions.get(append.stream_id, 0)

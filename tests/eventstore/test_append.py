@@ -15,6 +15,7 @@ from eventstore import (
     NewEvent,
     StreamAppend,
     WrongExpectedVersion,
+    create_pool,
 )
 
 from .factories import new_event, new_stream
@@ -258,3 +259,39 @@ async def test_malformed_appends_are_refused_before_the_database(
 ) -> None:
     with pytest.raises(ValueError):
         await store.append_streams(appends)
+
+
+async def test_a_refused_append_in_a_callers_transaction_leaves_it_usable(
+    database_url: str,
+) -> None:
+    # One connection in all: explaining the refusal must not wait for a second one.
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    store = EventStore(pool)
+    stream = new_stream()
+    try:
+        async with pool.acquire() as connection:
+            await connection.execute("CREATE TABLE notes (text text)")
+            async with connection.transaction():
+                await store.append(stream, [new_event()], connection=connection)
+                with pytest.raises(WrongExpectedVersion):
+                    await asyncio.wait_for(
+                        store.append(stream, [new_event()], 0, connection=connection), 5
+                    )
+                await connection.execute("INSERT INTO notes VALUES ('still usable')")
+            assert await connection.fetchval("SELECT text FROM notes") == "still usable"
+        assert await store.stream_version(stream) == 1
+    finally:
+        await store.close()
+        await pool.close()
+
+
+async def test_an_append_joins_the_callers_transaction(
+    store: EventStore, pool: asyncpg.Pool
+) -> None:
+    stream = new_stream()
+    async with pool.acquire() as connection:
+        transaction = connection.transaction()
+        await transaction.start()
+        await store.append(stream, [new_event()], connection=connection)
+        await transaction.rollback()
+    assert await store.stream_version(stream) == 0
