@@ -183,3 +183,35 @@ def test_the_token_command_mints_a_token_the_service_accepts(database_url: str) 
         process.wait(10)
     assert answer.status_code == 200  # admin may filter by another owner
     assert refused.status_code == 401
+
+
+def test_production_serves_with_several_workers(database_url: str) -> None:
+    secret = "a-secret-of-at-least-thirty-two-bytes!!"
+    env = service_env(DATABASE_URL=database_url, JWT_SECRET=secret, WORKERS="2", DB_POOL_SIZE="2")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "api", "serve", "--production"],
+        cwd=PROJECT_ROOT,
+        env={**env, "PORT": str(port)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, process.stdout.read()
+                assert time.monotonic() < deadline, "production did not start"
+                time.sleep(0.2)
+        workers = subprocess.run(  # uvicorn's workers, not multiprocessing's resource tracker
+            ["pgrep", "-P", str(process.pid), "-f", "spawn_main"], capture_output=True, text=True
+        ).stdout.split()
+    finally:
+        process.terminate()
+        process.wait(20)
+    assert health.status_code == 200
+    assert len(workers) == 2
