@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import asyncpg
 from starlette.applications import Starlette
@@ -22,7 +25,12 @@ from .config import Settings
 from .context import RequestContextMiddleware
 from .database import apply_migrations, create_pool, resolve_database_url
 from .errors import ApiError, handle_error
+from .idempotency import forget_expired
 from .routes import health, portfolio, positions
+
+log = logging.getLogger(__name__)
+
+HOUSEKEEPING_INTERVAL = 600  # seconds
 
 
 @dataclass
@@ -53,9 +61,14 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
             handlers=PositionHandlers(store),
             started_at=time.monotonic(),
         )
+        housekeeping = asyncio.create_task(
+            _forget_expired_keys(pool, timedelta(hours=settings.idempotency_ttl_hours))
+        )
         try:
             yield
         finally:
+            housekeeping.cancel()
+            await asyncio.gather(housekeeping, return_exceptions=True)
             await store.close()
             await pool.close()
 
@@ -79,3 +92,13 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
     )
     app.state.verifier = verifier
     return app
+
+
+async def _forget_expired_keys(pool: asyncpg.Pool, kept: timedelta) -> None:
+    """Every few minutes, drop Idempotency-Key answers older than IDEMPOTENCY_TTL_HOURS."""
+    while True:
+        try:
+            await forget_expired(pool, kept)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as error:
+            log.warning("could not drop expired idempotency keys: %s", error)
+        await asyncio.sleep(HOUSEKEEPING_INTERVAL)

@@ -28,6 +28,7 @@ class Settings:
     db_max_overflow: int
     data_dir: Path
     risk_stop_proximity_pct: Decimal
+    idempotency_ttl_hours: int
     environment: dict[str, str] = field(repr=False)
     """All variables, for the parts that read their own (authentication)."""
 
@@ -46,6 +47,7 @@ class Settings:
             db_max_overflow=_int(env, "DB_MAX_OVERFLOW", 40),
             data_dir=Path(env.get("DATA_DIR", str(PROJECT_ROOT / ".data"))),
             risk_stop_proximity_pct=_decimal(env, "RISK_STOP_PROXIMITY_PCT", Decimal(2)),
+            idempotency_ttl_hours=_int(env, "IDEMPOTENCY_TTL_HOURS", 24),
             environment=env,
         )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 import asyncpg
 from starlette.requests import Request
@@ -81,6 +82,14 @@ async def run_command(request: Request, caller: str, body: bytes, operation: Ope
             response.body,
         )
         return response
+
+
+async def forget_expired(pool: asyncpg.Pool, kept: timedelta) -> int:
+    """Drop answers older than `kept`: a retry after that runs as a new request."""
+    deleted = await pool.execute(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - $1::interval", kept
+    )
+    return int(deleted.split()[-1])
 
 
 def _lock_id(caller: str, key: str) -> int:

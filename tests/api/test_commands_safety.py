@@ -6,16 +6,21 @@ Races are real: each racer has its own connection, opened beforehand, and they a
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from decimal import Decimal
 
 import asyncpg
 import httpx
 import pytest
+
+from api.idempotency import forget_expired
+from eventstore import create_pool
 
 from .conftest import Caller
 from .support import db_fetch, event_types, events_of, fresh_symbol
@@ -616,3 +621,31 @@ def test_exact_figures_survive_a_race(user: Caller) -> None:
     final = user.http.get(path).json(parse_float=Decimal)
     assert final["quantity"] == Decimal("0.6")
     assert final["entry_price"] == Decimal("0.18333333")  # (0.03 + 0.02 + 0.06) / 0.6
+
+
+def test_an_expired_idempotency_key_is_forgotten_and_its_retry_runs_anew(
+    user: Caller, api_database: str
+) -> None:
+    k = key()
+    first = user.http.post("/positions", json=BODY, headers={"Idempotency-Key": k})
+    db_fetch(
+        api_database,
+        "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' "
+        "WHERE caller = $1 AND key = $2",
+        user.subject,
+        k,
+    )
+
+    async def forget() -> int:
+        pool = await create_pool(api_database, min_size=1, max_size=1)
+        try:
+            return await forget_expired(pool, timedelta(hours=24))
+        finally:
+            await pool.close()
+
+    assert asyncio.run(forget()) >= 1
+    again = user.http.post("/positions", json=BODY, headers={"Idempotency-Key": k})
+
+    assert first.status_code == again.status_code == 201
+    assert again.json()["id"] != first.json()["id"]
+    assert "idempotent-replayed" not in again.headers
