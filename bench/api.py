@@ -556,9 +556,9 @@ def server_env(**values: str) -> dict[str, str]:
 
 async def seed_whale(dsn: str, count: int, seed: int = 20251124) -> list[uuid.UUID]:
     """`count` open positions of WHALE, appended as events with the service's inline projector."""
-    from commands.handlers import stream_of
     from domain.commands import OpenPosition
     from domain.position import decide
+    from domain.streams import position_stream
     from eventstore import EventStore, ExpectedVersion, NewEvent, StreamAppend, create_pool
     from projections.positions import project_positions
 
@@ -599,7 +599,9 @@ async def seed_whale(dsn: str, count: int, seed: int = 20251124) -> list[uuid.UU
             )
             for e in decide(command, None)
         ]
-        appends.append(StreamAppend(stream_of(position_id), events, ExpectedVersion.NO_STREAM))
+        appends.append(
+            StreamAppend(position_stream(position_id), events, ExpectedVersion.NO_STREAM)
+        )
         ids.append(position_id)
 
     pool = await create_pool(dsn, min_size=4, max_size=4)

@@ -1,7 +1,7 @@
 """Command handlers: load a stream, let the domain decide, append with the expected version."""
 
 from .errors import StalePosition, TooMuchContention
-from .handlers import AtomicFailure, Metadata, Outcome, PositionHandlers, stream_of
+from .handlers import AtomicFailure, Metadata, Outcome, PositionHandlers
 
 __all__ = [
     "AtomicFailure",
@@ -10,5 +10,4 @@ __all__ = [
     "PositionHandlers",
     "StalePosition",
     "TooMuchContention",
-    "stream_of",
 ]

@@ -24,6 +24,7 @@ from domain.commands import Command, OpenPosition, UpdateMarketPrices
 from domain.errors import DomainError, PositionNotFound
 from domain.events import Event, event_from
 from domain.position import Position, decide, decide_market_prices, fold
+from domain.streams import MARKET_STREAM, position_stream
 from eventstore import (
     EventStore,
     ExpectedVersion,
@@ -35,8 +36,6 @@ from eventstore import (
 
 from .errors import StalePosition, TooMuchContention
 
-CATEGORY = "position"
-MARKET_STREAM = "market-prices"
 RETRIES = 5
 
 Metadata = dict[str, Any]
@@ -48,10 +47,6 @@ class Outcome(msgspec.Struct, frozen=True):
     """The position after the command (None only if it never existed)."""
     recorded: list[RecordedEvent]
     """What was appended; empty when the command changed nothing."""
-
-
-def stream_of(position_id: UUID) -> str:
-    return f"{CATEGORY}-{position_id}"
 
 
 class PositionHandlers:
@@ -66,7 +61,9 @@ class PositionHandlers:
         owner: str | None = None,
     ) -> Position | None:
         """The position as its events tell it; another owner's position does not exist for you."""
-        recorded = await self._store.read_stream(stream_of(position_id), connection=connection)
+        recorded = await self._store.read_stream(
+            position_stream(position_id), connection=connection
+        )
         state = fold(event_from(e.event_type, e.data) for e in recorded)
         if owner is not None and state is not None and state.owner != owner:
             raise PositionNotFound()
@@ -99,7 +96,7 @@ class PositionHandlers:
                 return Outcome(state, [])
             try:
                 recorded = await self._store.append(
-                    stream_of(position_id),
+                    position_stream(position_id),
                     _new_events(events, metadata),
                     _version(state),
                     connection=connection,
@@ -136,7 +133,9 @@ class PositionHandlers:
             if failures:
                 raise AtomicFailure(failures)
             appends = [
-                StreamAppend(stream_of(position_id), _new_events(events, metadata), _version(state))
+                StreamAppend(
+                    position_stream(position_id), _new_events(events, metadata), _version(state)
+                )
                 for (position_id, _), state, events in zip(commands, states, decisions, strict=True)
                 if events
             ]
@@ -152,7 +151,7 @@ class PositionHandlers:
             for event in recorded:
                 by_stream.setdefault(event.stream_id, []).append(event)
             return [
-                Outcome(fold(events, state), by_stream.get(stream_of(position_id), []))
+                Outcome(fold(events, state), by_stream.get(position_stream(position_id), []))
                 for (position_id, _), state, events in zip(commands, states, decisions, strict=True)
             ]
         raise TooMuchContention()
@@ -191,7 +190,7 @@ async def _lock(position_ids: Sequence[UUID], connection: asyncpg.Connection | N
     await connection.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended(stream_id, 0)) "
         "FROM unnest($1::text[]) AS stream_id",
-        [stream_of(position_id) for position_id in position_ids],
+        [position_stream(position_id) for position_id in position_ids],
     )
 
 

@@ -28,10 +28,9 @@ from domain.events import (
     event_from,
 )
 from domain.position import Position, evolve
+from domain.streams import MARKET_STREAM, position_id_of
 from eventstore import RecordedEvent
 
-CATEGORY = "position"
-MARKET_STREAM = "market-prices"
 TABLES = ("positions", "market_prices")
 
 # Column types, in the order of the domain's Position fields (`deleted` rows are removed instead).
@@ -89,14 +88,6 @@ ON CONFLICT (symbol) DO UPDATE
 """
 
 
-def stream_of(position_id: UUID) -> str:
-    return f"{CATEGORY}-{position_id}"
-
-
-def position_id_of(stream_id: str) -> UUID:
-    return UUID(stream_id.removeprefix(f"{CATEGORY}-"))
-
-
 async def project_positions(
     connection: asyncpg.Connection, events: Sequence[RecordedEvent]
 ) -> None:
@@ -105,8 +96,8 @@ async def project_positions(
     for recorded in events:
         if recorded.stream_id == MARKET_STREAM:
             await _save_market_prices(connection, recorded)
-        elif recorded.stream_id.startswith(CATEGORY + "-"):
-            batch.apply(recorded)
+        elif (position_id := position_id_of(recorded.stream_id)) is not None:
+            batch.apply(position_id, recorded)
     await batch.flush()
 
 
@@ -130,8 +121,7 @@ class _Batch:
         opened: set[UUID] = set()
         ids: set[UUID] = set()
         for event in events:
-            if event.stream_id.startswith(CATEGORY + "-"):
-                position_id = position_id_of(event.stream_id)
+            if (position_id := position_id_of(event.stream_id)) is not None:
                 if event.event_type == PositionOpened.__name__:
                     opened.add(position_id)  # new: there is no row to load
                 elif position_id not in opened:
@@ -143,8 +133,7 @@ class _Batch:
                 batch.rows[row["position_id"]] = _Row(Position(**values), **bookkeeping)
         return batch
 
-    def apply(self, recorded: RecordedEvent) -> None:
-        position_id = position_id_of(recorded.stream_id)
+    def apply(self, position_id: UUID, recorded: RecordedEvent) -> None:
         event = event_from(recorded.event_type, recorded.data)
         row = self.rows.get(position_id)
         state = evolve(row.state if row else None, event)
