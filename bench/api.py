@@ -93,20 +93,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if __package__ in (None, ""):  # run as a file: import the project, not this folder's namesake
-    _here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
-    sys.path.insert(0, str(ROOT))
+import asyncpg
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-import asyncpg  # noqa: E402
-import msgspec  # noqa: E402
-from starlette.applications import Starlette  # noqa: E402
-from starlette.requests import Request  # noqa: E402
-from starlette.responses import Response  # noqa: E402
-from starlette.routing import Route  # noqa: E402
-
-from bench.common import (  # noqa: E402
+from bench.common import (
+    backend_pids,
     database_dsn,
     drop_database,
     machine_ticks,
@@ -116,6 +111,7 @@ from bench.common import (  # noqa: E402
     process_seconds,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ADMIN_DSN = "postgresql:///postgres"
 POOL_SIZE = 10
 WHALE, CREATOR, ADMIN = "bench-whale", "bench-creator", "bench-admin"
@@ -271,14 +267,8 @@ class Meter:
         self._database = database
         self.cores = os.cpu_count() or 1
 
-    async def backends(self) -> list[int]:
-        rows = await self._admin.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1", self._database
-        )
-        return [row["pid"] for row in rows]
-
     async def start(self, app_pid: int) -> dict[str, Any]:
-        backends = await self.backends()
+        backends = await backend_pids(self._admin, self._database)
         return {
             "app_pid": app_pid,
             "backends": backends,

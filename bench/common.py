@@ -67,3 +67,9 @@ def database_dsn(admin_dsn: str, name: str) -> str:
 
 async def drop_database(admin: asyncpg.Connection, name: str) -> None:
     await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def backend_pids(admin: asyncpg.Connection, database: str) -> list[int]:
+    """The server processes serving `database` now: their CPU time is the database's cost."""
+    rows = await admin.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", database)
+    return [row["pid"] for row in rows]

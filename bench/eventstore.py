@@ -50,16 +50,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if __package__ in (None, ""):  # run as a file: import the project, not this folder's namesake
-    _here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
-    sys.path.insert(0, str(ROOT))
+import asyncpg
+import msgspec
 
-import asyncpg  # noqa: E402
-import msgspec  # noqa: E402
-
-from bench.common import (  # noqa: E402
+from bench.common import (
+    backend_pids,
     database_dsn,
     drop_database,
     machine_ticks,
@@ -68,7 +63,7 @@ from bench.common import (  # noqa: E402
     print_table,
     process_seconds,
 )
-from eventstore import (  # noqa: E402
+from eventstore import (
     EventStore,
     ExpectedVersion,
     NewEvent,
@@ -77,6 +72,7 @@ from eventstore import (  # noqa: E402
     migrate,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ADMIN_DSN = "postgresql:///postgres"
 BATCH = 5000
 WRITERS = 16
@@ -211,12 +207,6 @@ class Meter:
         self._database = database
         self.cores = os.cpu_count() or 1
 
-    async def _backends(self) -> list[int]:
-        rows = await self._admin.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1", self._database
-        )
-        return [row["pid"] for row in rows]
-
     async def _server(self) -> tuple[int, int]:
         row = await self._admin.fetchrow(
             "SELECT pg_current_wal_lsn() AS lsn, "
@@ -225,7 +215,7 @@ class Meter:
         return row["lsn"], row["checkpoints"]
 
     async def measure(self, run: Callable[[], Awaitable[int]]) -> Sample:
-        backends = await self._backends()
+        backends = await backend_pids(self._admin, self._database)
         lsn0, cp0 = await self._server()
         server0 = process_seconds(backends)
         busy0, total0 = machine_ticks()
