@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import asyncpg
+import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -26,6 +27,9 @@ from .context import RequestContextMiddleware
 from .database import apply_migrations, create_pool, resolve_database_url
 from .errors import ApiError, handle_error
 from .idempotency import forget_expired
+from .live import events_stream, websocket
+from .live.feed import Feed
+from .live.hub import Hub
 from .routes import health, portfolio, positions
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,8 @@ class Services:
     pool: asyncpg.Pool
     store: EventStore
     handlers: PositionHandlers
+    hub: Hub
+    feed: Feed
     started_at: float
 
 
@@ -54,26 +60,44 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
         # The positions read model is updated inside each append's transaction: a read after a
         # successful command always sees it.
         store = EventStore(pool, inline_projectors=[project_positions])
+        redis = _redis_client(settings.redis_url)
+        hub = Hub(store, pool, settings.live_queue_limit)
+        feed = Feed(hub, store, pool, redis)
         app.state.services = Services(
             settings=settings,
             pool=pool,
             store=store,
             handlers=PositionHandlers(store),
+            hub=hub,
+            feed=feed,
             started_at=time.monotonic(),
         )
-        housekeeping = asyncio.create_task(
-            _forget_expired_keys(pool, timedelta(hours=settings.idempotency_ttl_hours))
-        )
+        background = [
+            asyncio.create_task(
+                _forget_expired_keys(pool, timedelta(hours=settings.idempotency_ttl_hours))
+            ),
+            asyncio.create_task(feed.run()),
+        ]
         try:
             yield
         finally:
-            housekeeping.cancel()
-            await asyncio.gather(housekeeping, return_exceptions=True)
+            hub.close()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            if redis is not None:
+                await redis.aclose()
             await store.close()
             await pool.close()
 
     app = Starlette(
-        routes=[*health.routes, *positions.routes, *portfolio.routes],
+        routes=[
+            *health.routes,
+            *positions.routes,
+            *portfolio.routes,
+            *websocket.routes,
+            *events_stream.routes,
+        ],
         middleware=[Middleware(RequestContextMiddleware)],
         exception_handlers={
             # Expected refusals. Anything else: a bare 500 from RequestContextMiddleware.
@@ -92,6 +116,14 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
     )
     app.state.verifier = verifier
     return app
+
+
+def _redis_client(url: str | None) -> aioredis.Redis | None:
+    """Carries live traffic between instances; without it each instance follows the log."""
+    if url is None:
+        return None
+    # XREAD blocks for a second at a time: the read timeout must be longer.
+    return aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
 
 
 async def _forget_expired_keys(pool: asyncpg.Pool, kept: timedelta) -> None:

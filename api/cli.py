@@ -16,8 +16,20 @@ from eventstore import MigrationError
 from .auth import AuthSettings, Role, mint_token
 from .config import ConfigError, Settings
 from .database import apply_migrations, resolve_database_url
+from .logs import uvicorn_log_config
 
 DEV_TOKEN_TTL = timedelta(hours=24)
+
+SERVER_OPTIONS = {
+    # The sans-I/O WebSocket protocol keeps no tasks per connection; compression would keep a
+    # zlib context (hundreds of KiB) per socket. Pings every 20 s keep idle sockets alive
+    # through proxies and find dead peers. Clients send nothing that needs more than 64 KiB.
+    "ws": "websockets-sansio",
+    "ws_per_message_deflate": False,
+    "ws_max_size": 64 * 1024,
+    "ws_ping_interval": 20.0,
+    "ws_ping_timeout": 20.0,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +145,8 @@ def _serve(settings: Settings, *, workers: int) -> int:
         port=settings.port,
         workers=workers if workers > 1 else None,
         log_level=settings.log_level.lower(),
+        log_config=uvicorn_log_config(),
+        **SERVER_OPTIONS,
     )
     return 0
 

@@ -29,6 +29,7 @@ class Settings:
     data_dir: Path
     risk_stop_proximity_pct: Decimal
     idempotency_ttl_hours: int
+    live_queue_limit: int
     environment: dict[str, str] = field(repr=False)
     """All variables, for the parts that read their own (authentication)."""
 
@@ -48,6 +49,7 @@ class Settings:
             data_dir=Path(env.get("DATA_DIR", str(PROJECT_ROOT / ".data"))),
             risk_stop_proximity_pct=_decimal(env, "RISK_STOP_PROXIMITY_PCT", Decimal(2)),
             idempotency_ttl_hours=_int(env, "IDEMPOTENCY_TTL_HOURS", 24),
+            live_queue_limit=_int(env, "LIVE_QUEUE_LIMIT", 1000),
             environment=env,
         )
 

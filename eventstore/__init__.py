@@ -11,7 +11,15 @@ from .errors import (
     UnknownPosition,
     WrongExpectedVersion,
 )
-from .events import START, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamAppend
+from .events import (
+    START,
+    ExpectedVersion,
+    LogSnapshot,
+    NewEvent,
+    Position,
+    RecordedEvent,
+    StreamAppend,
+)
 from .migrations import migrate
 from .store import EventStore, InlineProjector
 from .upcasting import Upcasters
@@ -24,6 +32,7 @@ __all__ = [
     "EventStoreError",
     "ExpectedVersion",
     "InlineProjector",
+    "LogSnapshot",
     "MigrationError",
     "NewEvent",
     "Position",

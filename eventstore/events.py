@@ -25,6 +25,24 @@ START = Position(0, 0)
 """Before the first event."""
 
 
+class LogSnapshot(NamedTuple):
+    """The log as one transaction's snapshot sees it.
+
+    Everything up to `head` is final. Above it, the snapshot may also see events of transactions
+    that committed while an older one was still open: a read model read in the same snapshot
+    already shows them, and `includes` tells which they are.
+    """
+
+    head: Position
+    xmin: int
+    xmax: int
+    running: frozenset[int]
+
+    def includes(self, position: Position) -> bool:
+        tx_id = position.tx_id
+        return tx_id < self.xmin or (tx_id < self.xmax and tx_id not in self.running)
+
+
 class ExpectedVersion:
     """What a writer believes about a stream before appending.
 

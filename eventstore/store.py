@@ -15,7 +15,15 @@ import msgspec
 
 from . import codec
 from .errors import DuplicateEventIds, UnknownPosition, WrongExpectedVersion
-from .events import START, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamAppend
+from .events import (
+    START,
+    ExpectedVersion,
+    LogSnapshot,
+    NewEvent,
+    Position,
+    RecordedEvent,
+    StreamAppend,
+)
 from .notifications import LogNotifier
 from .upcasting import Upcasters
 
@@ -119,6 +127,18 @@ SELECT tx_id, global_position FROM events
 WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY tx_id DESC, global_position DESC
 LIMIT 1
+"""
+
+_SNAPSHOT = """
+SELECT pg_snapshot_xmin(s) AS xmin, pg_snapshot_xmax(s) AS xmax,
+       ARRAY(SELECT pg_snapshot_xip(s)) AS running, head.tx_id, head.global_position
+FROM pg_current_snapshot() AS s
+LEFT JOIN LATERAL (
+    SELECT tx_id, global_position FROM events
+    WHERE tx_id < pg_snapshot_xmin(s)
+    ORDER BY tx_id DESC, global_position DESC
+    LIMIT 1
+) AS head ON TRUE
 """
 
 _NEWEST = """
@@ -350,6 +370,16 @@ class EventStore:
         """The last final position of the log (START when empty): readers can go this far now."""
         row = await self._pool.fetchrow(_HEAD)
         return Position(row["tx_id"], row["global_position"]) if row else START
+
+    async def snapshot(self, connection: asyncpg.Connection) -> LogSnapshot:
+        """What the transaction on `connection` sees of the log.
+
+        In a REPEATABLE READ transaction every query sees this same snapshot, so a read model read
+        there shows exactly the events the snapshot `includes`.
+        """
+        row = await connection.fetchrow(_SNAPSHOT)
+        head = START if row["tx_id"] is None else Position(row["tx_id"], row["global_position"])
+        return LogSnapshot(head, row["xmin"], row["xmax"], frozenset(row["running"]))
 
     async def newest(self) -> Position:
         """The position of the newest committed event, final or not (START when empty).

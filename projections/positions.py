@@ -15,6 +15,7 @@ whichever of the two is later in the log (see queries.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 from uuid import UUID
 
 import asyncpg
@@ -101,17 +102,50 @@ async def project_positions(
     await batch.flush()
 
 
-class _Row(msgspec.Struct):
+class PositionRow(msgspec.Struct):
+    """A position's state and the log positions the read model keeps beside it."""
+
     state: Position
     mark_tx: int | None
     mark_position: int | None
     last_event: int
 
+    @property
+    def marked_at(self) -> tuple[int, int] | None:
+        """Where in the log the position's own price was last set (None: never)."""
+        return None if self.mark_tx is None else (self.mark_tx, self.mark_position or 0)
+
+
+def advance(row: PositionRow | None, recorded: RecordedEvent) -> PositionRow:
+    """`row` after one more of its position's events (a new row for the first)."""
+    event = event_from(recorded.event_type, recorded.data)
+    state = evolve(row.state if row else None, event)
+    if row is None:
+        row = PositionRow(state, None, None, recorded.global_position)
+    row.state, row.last_event = state, recorded.global_position
+    if isinstance(event, (PositionMarked, PositionClosed)):
+        row.mark_tx, row.mark_position = recorded.tx_id, recorded.global_position
+    return row
+
+
+def priced(row: PositionRow, market: tuple[Decimal, tuple[int, int]] | None) -> Decimal | None:
+    """The position's price: its own or its symbol's market price, whichever is later in the log.
+
+    The twin of queries._PRICE, for callers that hold the row in memory. A closed position keeps
+    the price it closed at.
+    """
+    state = row.state
+    if market is None or state.status == "closed":
+        return state.current_price
+    price, priced_at = market
+    marked_at = row.marked_at
+    return price if marked_at is None or priced_at > marked_at else state.current_price
+
 
 class _Batch:
     def __init__(self, connection: asyncpg.Connection) -> None:
         self.connection = connection
-        self.rows: dict[UUID, _Row] = {}
+        self.rows: dict[UUID, PositionRow] = {}
         self.changed: set[UUID] = set()
 
     @classmethod
@@ -130,18 +164,11 @@ class _Batch:
             for row in await connection.fetch(_LOAD, list(ids)):
                 values = dict(row)
                 bookkeeping = {name: values.pop(name) for name in _BOOKKEEPING}
-                batch.rows[row["position_id"]] = _Row(Position(**values), **bookkeeping)
+                batch.rows[row["position_id"]] = PositionRow(Position(**values), **bookkeeping)
         return batch
 
     def apply(self, position_id: UUID, recorded: RecordedEvent) -> None:
-        event = event_from(recorded.event_type, recorded.data)
-        row = self.rows.get(position_id)
-        state = evolve(row.state if row else None, event)
-        if row is None:
-            row = self.rows[position_id] = _Row(state, None, None, recorded.global_position)
-        row.state, row.last_event = state, recorded.global_position
-        if isinstance(event, (PositionMarked, PositionClosed)):
-            row.mark_tx, row.mark_position = recorded.tx_id, recorded.global_position
+        self.rows[position_id] = advance(self.rows.get(position_id), recorded)
         self.changed.add(position_id)
 
     async def flush(self) -> None:

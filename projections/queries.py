@@ -139,6 +139,18 @@ async def list_positions(
     return [position_view(row) for row in rows], total
 
 
+async def live_book(
+    connection: asyncpg.Connection | asyncpg.Pool, owner: str | None
+) -> list[PositionView]:
+    """The positions still pending or open, `owner`'s or (None) everyone's, newest first."""
+    rows = await connection.fetch(
+        f"{_PRICED} WHERE p.status <> 'closed' AND ($1::text IS NULL OR p.owner = $1) "
+        "ORDER BY p.created_at DESC, p.position_id DESC",
+        owner,
+    )
+    return [position_view(row) for row in rows]
+
+
 async def current_price(
     connection: asyncpg.Connection | asyncpg.Pool, position_id: UUID
 ) -> Decimal | None:

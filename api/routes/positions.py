@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -25,7 +25,6 @@ from domain.commands import (
     UpdateMarketPrices,
 )
 from domain.errors import DomainError, InvalidCommand
-from domain.rules import check_fields
 from projections import queries
 from projections.queries import PositionFilter
 
@@ -45,6 +44,7 @@ from ..context import event_metadata
 from ..errors import ApiError, as_api_error, error_body, field_errors
 from ..idempotency import run_command
 from ..json import JSONResponse
+from ..query import QueryParams
 from ..security import (
     POSITION_WRITERS,
     PRICE_WRITERS,
@@ -81,60 +81,6 @@ def _position_response(
     )
 
 
-# -- query parameters ---------------------------------------------------------------------------
-
-
-class _Query:
-    """Query parameters, converted one by one, every problem reported together."""
-
-    def __init__(self, request: Request) -> None:
-        self.params = request.query_params
-        self.errors: list[dict[str, Any]] = []
-
-    def _fail(self, name: str, message: str) -> None:
-        self.errors.append({"loc": ["query", name], "msg": message})
-
-    def text(
-        self, name: str, *, choices: tuple[str, ...] | None = None, upper: bool = False
-    ) -> str | None:
-        value = self.params.get(name)
-        if value is None:
-            return None
-        value = value.upper() if upper else value
-        if choices is not None and value not in choices:
-            self._fail(name, f"must be one of {', '.join(choices)}")
-        return value
-
-    def integer(self, name: str, default: int, low: int, high: int | None = None) -> int:
-        raw = self.params.get(name)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            self._fail(name, "must be a whole number")
-            return default
-        if value < low or (high is not None and value > high):
-            self._fail(name, f"must be between {low} and {high}" if high else f"must be >= {low}")
-        return value
-
-    def decimal(self, name: str) -> Decimal | None:
-        raw = self.params.get(name)
-        if raw is None:
-            return None
-        try:
-            value = Decimal(raw)
-        except InvalidOperation:
-            self._fail(name, "must be a number")
-            return None
-        self.errors += field_errors(check_fields({name: value}), "query")
-        return value
-
-    def done(self) -> None:
-        if self.errors:
-            raise ApiError(422, "validation failed", self.errors)
-
-
 def _position_id(request: Request) -> UUID:
     try:
         return UUID(request.path_params["position_id"])
@@ -148,7 +94,7 @@ def _position_id(request: Request) -> UUID:
 
 async def list_positions(request: Request) -> Response:
     principal = authenticate(request)
-    query = _Query(request)
+    query = QueryParams(request)
     where = PositionFilter(
         owner=visible_owner(principal, query.text("owner")),
         status=query.text("status", choices=STATUSES),
@@ -274,7 +220,7 @@ async def fill_position(request: Request) -> Response:
     principal = authenticate(request)
     require(principal, POSITION_WRITERS)
     position_id = _position_id(request)
-    query = _Query(request)
+    query = QueryParams(request)
     price = query.decimal("entry_price")
     query.done()
     location = "query"
@@ -299,7 +245,7 @@ async def close_position(request: Request) -> Response:
     principal = authenticate(request)
     require(principal, POSITION_WRITERS)
     position_id = _position_id(request)
-    query = _Query(request)
+    query = QueryParams(request)
     exit_price = query.decimal("exit_price")
     quantity = query.decimal("quantity")
     query.done()

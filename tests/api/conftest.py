@@ -23,6 +23,7 @@ import uvicorn
 
 from api.app import create_app
 from api.auth import AuthSettings, Role, mint_token
+from api.cli import SERVER_OPTIONS
 from api.config import Settings
 from api.database import with_database
 
@@ -59,7 +60,14 @@ def service_url(api_database: str) -> Iterator[str]:
     app = create_app(settings, auth=AuthSettings(algorithm="HS256", secret=SECRET, public_key=None))
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", loop="asyncio")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            loop="asyncio",
+            **SERVER_OPTIONS,
+        )
     )
     thread = threading.Thread(target=server.run, name="service", daemon=True)
     thread.start()

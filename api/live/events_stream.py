@@ -1,0 +1,95 @@
+"""`GET /events/stream`: the event log as Server-Sent Events, resumable at any event.
+
+Each event: `id:` its position, `event:` its type, `data:` the event with its metadata. A client
+that reconnects with `Last-Event-ID` (or `?after=`) gets every later event exactly once. Filters:
+`type` (event types) and `position_id`, each comma-separated or repeated. A user follows only its
+own positions (and market prices); admins and services follow everything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from domain.events import EVENT_TYPES
+from eventstore import Position, UnknownPosition
+
+from ..errors import ApiError
+from ..query import QueryParams
+from ..security import READERS_OF_EVERYTHING, authenticate
+from .changes import Change
+from .hub import Hub, HubClosed, Subscriber, TooSlow
+
+KEEPALIVE_SECONDS = 15.0
+"""A comment line this often keeps proxies from closing a quiet stream."""
+
+
+async def events_stream(request: Request) -> Response:
+    principal = authenticate(request)
+    services = request.app.state.services
+    query = QueryParams(request)
+    resume = request.headers.get("last-event-id")
+    if resume is not None:
+        if not resume.isdigit():
+            raise ApiError(
+                422,
+                "validation failed",
+                [{"loc": ["header", "Last-Event-ID"], "msg": "must be a whole number >= 0"}],
+            )
+        after: int | None = int(resume)
+    else:
+        after = query.integer("after", None, 0)
+    types = query.listed("type", tuple(EVENT_TYPES))
+    position_ids = query.uuids("position_id")
+    query.done()
+    try:
+        start = None if after is None else await services.store.position_of(after)
+    except UnknownPosition:
+        raise ApiError(
+            422,
+            "validation failed",
+            [{"loc": ["query", "after"], "msg": "no event has this position"}],
+        ) from None
+
+    wanted_types = None if types is None else set(types)
+    wanted_ids = None if position_ids is None else {str(i) for i in position_ids}
+
+    def wants(change: Change) -> bool:
+        return (wanted_types is None or change.event_type in wanted_types) and (
+            wanted_ids is None or change.position_id in wanted_ids
+        )
+
+    everything = principal.role in READERS_OF_EVERYTHING
+    subscriber = services.hub.subscribe(None if everything else principal.subject, wants)
+    return StreamingResponse(
+        _events(services.hub, subscriber, start or subscriber.joined_at, everything),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _events(
+    hub: Hub, subscriber: Subscriber, after: Position, everything: bool
+) -> AsyncIterator[bytes]:
+    try:
+        yield b"retry: 1000\n\n"
+        async for change in hub.changes(subscriber, after, idle=KEEPALIVE_SECONDS):
+            if change is None:
+                yield b": keep-alive\n\n"
+                continue
+            data = change.event if everything else change.event_for_owner
+            yield b"id: %d\nevent: %s\ndata: %s\n\n" % (
+                change.global_position,
+                change.event_type.encode(),
+                data,
+            )
+    except (TooSlow, HubClosed):
+        return  # the client reconnects with Last-Event-ID and misses nothing
+    finally:
+        hub.unsubscribe(subscriber)
+
+
+routes = [Route("/events/stream", events_stream, methods=["GET"])]

@@ -1,0 +1,205 @@
+"""The instance's feed: the log's changes, in order, into the hub.
+
+Without Redis every instance follows the log itself. With Redis, one instance at a time (holding
+a short lease) follows the log and relays each change into a Redis stream, and every instance
+reads that stream: the database serves one live reader however many instances there are.
+
+Each relayed change names the change before it. An instance that finds the chain broken (a new
+relay took over from an older position, Redis lost its data, the stream was trimmed past a slow
+instance) reads what it missed from the log before going on, so Redis may lose anything without
+a subscriber missing an event. While Redis is unreachable, each instance follows the log itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import aclosing, suppress
+
+import asyncpg
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import LockError, RedisError
+
+from eventstore import EventStore, Position
+from projections.live import LiveView
+
+from .changes import Change, render
+from .hub import Hub
+
+log = logging.getLogger(__name__)
+
+STREAM = "positions:live"
+RELAY_LEASE = "positions:live:relay"
+LEASE_SECONDS = 5.0
+"""A relay that stops renewing its lease is replaced after at most this long."""
+HEARTBEAT_SECONDS = 1.0
+"""A quiet relay still says where it is, so an instance that missed something soon notices."""
+STREAM_LENGTH = 10_000
+"""Changes kept in the Redis stream: how far behind an instance may fall before it reads the log."""
+RETRY_SECONDS = 1.0
+
+
+class Link(msgspec.Struct, frozen=True, array_like=True):
+    """A change relayed through Redis, with the position of the change relayed before it.
+
+    A heartbeat has no change: `prev` is where the relay is.
+    """
+
+    prev: Position
+    change: Change | None = None
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(Link).decode
+
+
+class Feed:
+    def __init__(
+        self, hub: Hub, store: EventStore, pool: asyncpg.Pool, redis: aioredis.Redis | None
+    ) -> None:
+        self._hub = hub
+        self._store = store
+        self._pool = pool
+        self._redis = redis
+        self.redis_reachable: bool | None = None if redis is None else True
+
+    async def run(self) -> None:
+        """Feed the hub until cancelled, from the log's head as it is now."""
+        self._hub.cursor = await self._store.head()
+        while True:
+            try:
+                if self._redis is None:
+                    await self._follow_log()
+                else:
+                    await self._follow_redis()
+            except Exception:  # the database went away, most likely: resume where the hub is
+                log.exception("live feed interrupted; resuming from position %s", self._hub.cursor)
+                await asyncio.sleep(RETRY_SECONDS)
+
+    # -- from the log ------------------------------------------------------------------------
+
+    async def _follow_log(self) -> None:
+        view = LiveView(self._store, self._pool)
+        async with aclosing(self._store.subscribe(self._hub.cursor)) as events:
+            async for event in events:
+                for update in await view.updates([event]):
+                    self._hub.publish(render(update))
+
+    async def _catch_up(self, upto: Position) -> None:
+        """Publish from the log what lies between the hub's position and `upto` (inclusive)."""
+        view = LiveView(self._store, self._pool)
+        async with aclosing(self._store.read_all(self._hub.cursor, batch_size=500)) as batches:
+            async for batch in batches:
+                due = [event for event in batch if event.position <= upto]
+                for update in await view.updates(due):
+                    self._hub.publish(render(update))
+                if len(due) < len(batch):
+                    return
+
+    # -- through Redis -----------------------------------------------------------------------
+
+    async def _follow_redis(self) -> None:
+        failed = False
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._relay_when_leading())
+                tasks.create_task(self._consume())
+        except* (RedisError, OSError) as failure:
+            log.warning("Redis unreachable (%s): following the log directly", failure.exceptions[0])
+            failed = True
+        if failed:
+            self.redis_reachable = False
+            await self._follow_log_until_redis_returns()
+            self.redis_reachable = True
+
+    async def _follow_log_until_redis_returns(self) -> None:
+        assert self._redis is not None
+        follower = asyncio.create_task(self._follow_log())
+        try:
+            while True:
+                await asyncio.sleep(RETRY_SECONDS)
+                if follower.done():
+                    follower.result()  # a database failure: let run() retry
+                try:
+                    await self._redis.ping()
+                    return
+                except (RedisError, OSError):
+                    continue
+        finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+
+    async def _consume(self) -> None:
+        assert self._redis is not None
+        newest = await self._redis.xrevrange(STREAM, count=1)
+        last_id = newest[0][0] if newest else b"0-0"  # from the last one: no gap on joining
+        while True:
+            for _, entries in await self._redis.xread({STREAM: last_id}, count=500, block=1000):
+                for entry_id, fields in entries:
+                    await self._accept(_decode(fields[b"link"]))
+                    last_id = entry_id
+
+    async def _accept(self, link: Link) -> None:
+        if link.prev > self._hub.cursor:
+            # A change we did not see (or a relay ahead of us): read it from the log.
+            await self._catch_up(link.prev)
+        change = link.change
+        if change is not None and change.cursor > self._hub.cursor:
+            self._hub.publish(change)
+
+    async def _relay_when_leading(self) -> None:
+        assert self._redis is not None
+        while True:
+            lease = self._redis.lock(RELAY_LEASE, timeout=LEASE_SECONDS, blocking=False)
+            if await lease.acquire():
+                try:
+                    await self._relay(lease)
+                except* LockError:
+                    log.info("live relay lease lost; another instance relays now")
+                finally:
+                    with suppress(LockError, RedisError):
+                        await lease.release()
+            await asyncio.sleep(LEASE_SECONDS / 3)
+
+    async def _relay(self, lease: aioredis.lock.Lock) -> None:
+        """Follow the log into the Redis stream while this instance holds the lease."""
+        assert self._redis is not None
+        newest = await self._redis.xrevrange(STREAM, count=1)
+        if newest:  # go on from where the chain ends, so that no instance needs the log
+            link = _decode(newest[0][1][b"link"])
+            relayed = _Relayed(link.prev if link.change is None else link.change.cursor)
+        else:
+            relayed = _Relayed(await self._store.head())
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._renew_and_beat(lease, relayed))
+            tasks.create_task(self._relay_log(relayed))
+
+    async def _relay_log(self, relayed: _Relayed) -> None:
+        assert self._redis is not None
+        view = LiveView(self._store, self._pool)
+        async with aclosing(self._store.subscribe(relayed.prev)) as events:
+            async for event in events:
+                for update in await view.updates([event]):
+                    change = render(update)
+                    await self._xadd(Link(relayed.prev, change))
+                    relayed.prev = change.cursor
+
+    async def _renew_and_beat(self, lease: aioredis.lock.Lock, relayed: _Relayed) -> None:
+        while True:
+            await self._xadd(Link(relayed.prev))
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await lease.reacquire()  # LockNotOwnedError once another instance took over
+
+    async def _xadd(self, link: Link) -> None:
+        assert self._redis is not None
+        await self._redis.xadd(
+            STREAM, {"link": _encode(link)}, maxlen=STREAM_LENGTH, approximate=True
+        )
+
+
+class _Relayed:
+    """Where the relay is: the last change it put in the stream."""
+
+    def __init__(self, prev: Position) -> None:
+        self.prev = prev

@@ -1,0 +1,86 @@
+"""Query parameters, converted one by one, every problem reported together (422)."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from uuid import UUID
+
+from starlette.requests import HTTPConnection
+
+from domain.rules import check_fields
+
+from .errors import ApiError, field_errors
+
+
+class QueryParams:
+    """Query parameters, converted one by one, every problem reported together."""
+
+    def __init__(self, request: HTTPConnection) -> None:
+        self.params = request.query_params
+        self.errors: list[dict[str, Any]] = []
+
+    def _fail(self, name: str, message: str) -> None:
+        self.errors.append({"loc": ["query", name], "msg": message})
+
+    def text(
+        self, name: str, *, choices: tuple[str, ...] | None = None, upper: bool = False
+    ) -> str | None:
+        value = self.params.get(name)
+        if value is None:
+            return None
+        value = value.upper() if upper else value
+        if choices is not None and value not in choices:
+            self._fail(name, f"must be one of {', '.join(choices)}")
+        return value
+
+    def integer(
+        self, name: str, default: int | None, low: int, high: int | None = None
+    ) -> int | None:
+        raw = self.params.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            self._fail(name, "must be a whole number")
+            return default
+        if value < low or (high is not None and value > high):
+            self._fail(name, f"must be between {low} and {high}" if high else f"must be >= {low}")
+        return value
+
+    def decimal(self, name: str) -> Decimal | None:
+        raw = self.params.get(name)
+        if raw is None:
+            return None
+        try:
+            value = Decimal(raw)
+        except InvalidOperation:
+            self._fail(name, "must be a number")
+            return None
+        self.errors += field_errors(check_fields({name: value}), "query")
+        return value
+
+    def listed(self, name: str, choices: tuple[str, ...]) -> list[str] | None:
+        """A comma-separated list (or the parameter repeated), each one of `choices`."""
+        values = [v for raw in self.params.getlist(name) for v in raw.split(",") if v]
+        if not values:
+            return None
+        unknown = sorted(set(values) - set(choices))
+        if unknown:
+            self._fail(name, f"unknown: {', '.join(unknown)}; must be among {', '.join(choices)}")
+        return values
+
+    def uuids(self, name: str) -> list[UUID] | None:
+        """Ids, comma-separated or the parameter repeated."""
+        ids = []
+        for value in (v for raw in self.params.getlist(name) for v in raw.split(",") if v):
+            try:
+                ids.append(UUID(value))
+            except ValueError:
+                self._fail(name, f"{value!r} is not a UUID")
+        return ids or None
+
+    def done(self) -> None:
+        if self.errors:
+            raise ApiError(422, "validation failed", self.errors)
