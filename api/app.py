@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
         store = EventStore(pool, inline_projectors=[project_positions])
         redis = _redis_client(settings.redis_url)
         hub = Hub(store, pool, settings.live_queue_limit)
-        feed = Feed(hub, store, pool, redis)
+        feed = Feed(hub, store, pool, redis, settings.redis_key_prefix)
         app.state.services = Services(
             settings=settings,
             pool=pool,

@@ -19,6 +19,7 @@ class ConfigError(Exception):
 class Settings:
     database_url: str | None
     redis_url: str | None
+    redis_key_prefix: str
     host: str
     port: int
     workers: int
@@ -39,6 +40,7 @@ class Settings:
         return cls(
             database_url=env.get("DATABASE_URL") or None,
             redis_url=env.get("REDIS_URL") or None,
+            redis_key_prefix=env.get("REDIS_KEY_PREFIX") or "positions",
             host=env.get("HOST", "127.0.0.1"),
             port=_int(env, "PORT", 8002),
             workers=_int(env, "WORKERS", 1),

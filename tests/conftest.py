@@ -1,5 +1,7 @@
 """Every test talks to a real PostgreSQL: TEST_DATABASE_URL when set, else the machine's server,
 else (outside CI) an embedded one. In CI a missing server fails the run; it is never skipped.
+Likewise Redis: TEST_REDIS_URL, else the machine's on 127.0.0.1:6379, else a redis-server started
+for the run.
 
 Each test gets a fresh database cloned from a template that has every migration applied.
 """
@@ -10,7 +12,10 @@ import asyncio
 import atexit
 import os
 import shutil
+import socket
+import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -18,6 +23,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import redis
 
 from api.config import MIGRATIONS
 from api.database import asyncpg_dsn, with_database
@@ -25,6 +31,7 @@ from eventstore import EventStore, create_pool, migrate
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 MACHINE_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+MACHINE_REDIS = "redis://127.0.0.1:6379/0"
 
 
 def _reachable(url: str) -> bool:
@@ -147,3 +154,55 @@ async def other_process_store(database_url: str) -> AsyncIterator[EventStore]:
     yield store
     await store.close()
     await pool.close()
+
+
+def _redis_answers(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A redis-server of our own on a free port, without persistence; stopped at the end."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("no Redis found and no redis-server to start one", pytrace=False)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while not _redis_answers(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("redis-server did not start", pytrace=False)
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    configured = os.environ.get("TEST_REDIS_URL")
+    if configured:
+        if not _redis_answers(configured):
+            pytest.fail("TEST_REDIS_URL is set but its server does not answer", pytrace=False)
+        yield configured
+    elif _redis_answers(MACHINE_REDIS):
+        yield MACHINE_REDIS
+    elif IN_CI:
+        pytest.fail("no Redis at 127.0.0.1:6379 and TEST_REDIS_URL is unset: CI needs one")
+    else:
+        with redis_server() as url:
+            yield url

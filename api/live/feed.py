@@ -29,8 +29,6 @@ from .hub import Hub
 
 log = logging.getLogger(__name__)
 
-STREAM = "positions:live"
-RELAY_LEASE = "positions:live:relay"
 LEASE_SECONDS = 5.0
 """A relay that stops renewing its lease is replaced after at most this long."""
 HEARTBEAT_SECONDS = 1.0
@@ -56,8 +54,16 @@ _decode = msgspec.msgpack.Decoder(Link).decode
 
 class Feed:
     def __init__(
-        self, hub: Hub, store: EventStore, pool: asyncpg.Pool, redis: aioredis.Redis | None
+        self,
+        hub: Hub,
+        store: EventStore,
+        pool: asyncpg.Pool,
+        redis: aioredis.Redis | None,
+        key_prefix: str = "positions",
     ) -> None:
+        # Deployments that share a Redis keep apart by their key prefix.
+        self._stream = f"{key_prefix}:live"
+        self._lease_key = f"{key_prefix}:live:relay"
         self._hub = hub
         self._store = store
         self._pool = pool
@@ -132,10 +138,11 @@ class Feed:
 
     async def _consume(self) -> None:
         assert self._redis is not None
-        newest = await self._redis.xrevrange(STREAM, count=1)
+        newest = await self._redis.xrevrange(self._stream, count=1)
         last_id = newest[0][0] if newest else b"0-0"  # from the last one: no gap on joining
         while True:
-            for _, entries in await self._redis.xread({STREAM: last_id}, count=500, block=1000):
+            read = await self._redis.xread({self._stream: last_id}, count=500, block=1000)
+            for _, entries in read:
                 for entry_id, fields in entries:
                     await self._accept(_decode(fields[b"link"]))
                     last_id = entry_id
@@ -151,7 +158,7 @@ class Feed:
     async def _relay_when_leading(self) -> None:
         assert self._redis is not None
         while True:
-            lease = self._redis.lock(RELAY_LEASE, timeout=LEASE_SECONDS, blocking=False)
+            lease = self._redis.lock(self._lease_key, timeout=LEASE_SECONDS, blocking=False)
             if await lease.acquire():
                 try:
                     await self._relay(lease)
@@ -165,7 +172,7 @@ class Feed:
     async def _relay(self, lease: aioredis.lock.Lock) -> None:
         """Follow the log into the Redis stream while this instance holds the lease."""
         assert self._redis is not None
-        newest = await self._redis.xrevrange(STREAM, count=1)
+        newest = await self._redis.xrevrange(self._stream, count=1)
         if newest:  # go on from where the chain ends, so that no instance needs the log
             link = _decode(newest[0][1][b"link"])
             relayed = _Relayed(link.prev if link.change is None else link.change.cursor)
@@ -194,7 +201,7 @@ class Feed:
     async def _xadd(self, link: Link) -> None:
         assert self._redis is not None
         await self._redis.xadd(
-            STREAM, {"link": _encode(link)}, maxlen=STREAM_LENGTH, approximate=True
+            self._stream, {"link": _encode(link)}, maxlen=STREAM_LENGTH, approximate=True
         )
 
 

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -52,11 +53,10 @@ def api_database(pg_server: str, template_database: str) -> Iterator[str]:
     asyncio.run(_admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-@pytest.fixture(scope="session")
-def service_url(api_database: str) -> Iterator[str]:
-    settings = Settings.from_env(
-        {"DATABASE_URL": api_database, "DB_POOL_SIZE": "4", "DB_MAX_OVERFLOW": "28"}
-    )
+@contextmanager
+def running_service(env: dict[str, str]) -> Iterator[str]:
+    """An instance of the service, configured by `env`, on a free port; its base URL."""
+    settings = Settings.from_env({"DB_POOL_SIZE": "4", "DB_MAX_OVERFLOW": "28", **env})
     app = create_app(settings, auth=AuthSettings(algorithm="HS256", secret=SECRET, public_key=None))
     port = free_port()
     server = uvicorn.Server(
@@ -69,16 +69,24 @@ def service_url(api_database: str) -> Iterator[str]:
             **SERVER_OPTIONS,
         )
     )
-    thread = threading.Thread(target=server.run, name="service", daemon=True)
+    thread = threading.Thread(target=server.run, name=f"service-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             pytest.fail("the service did not start")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(15)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@pytest.fixture(scope="session")
+def service_url(api_database: str) -> Iterator[str]:
+    with running_service({"DATABASE_URL": api_database}) as url:
+        yield url
 
 
 def token(
