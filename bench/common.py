@@ -73,3 +73,34 @@ async def backend_pids(admin: asyncpg.Connection, database: str) -> list[int]:
     """The server processes serving `database` now: their CPU time is the database's cost."""
     rows = await admin.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", database)
     return [row["pid"] for row in rows]
+
+
+def process_cpu(pids: list[int]) -> dict[int, float]:
+    """CPU seconds used so far by each of these processes that still exists (from /proc)."""
+    seconds = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            seconds[pid] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        except (OSError, IndexError, ValueError):
+            continue
+    return seconds
+
+
+def process_memory_kib(pid: int, field: str = "VmRSS") -> int | None:
+    """A memory figure of a process from /proc/<pid>/status, in KiB (VmRSS, VmHWM...)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile of values (sorted or not); with few values, p99 is the largest."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(-(-q * len(ordered) // 100)) - 1))]

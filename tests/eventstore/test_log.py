@@ -130,3 +130,41 @@ async def test_an_open_append_blocks_no_writer_and_no_reader_skips_it(
         await store.close()
 
     assert [e.event_id for e in await read_everything(store)] == expected
+
+
+async def test_a_snapshot_tells_which_events_above_the_barrier_it_already_sees(
+    store: EventStore, pool: asyncpg.Pool
+) -> None:
+    """A read model read in a snapshot shows exactly the events `includes` names."""
+    async with pool.acquire() as writer:
+        older = writer.transaction()
+        await older.start()  # an append still open while a younger one commits
+        try:
+            [open_event] = await store.append(new_stream(), [new_event()], connection=writer)
+            [committed] = await store.append(new_stream(), [new_event()])
+            async with (
+                pool.acquire() as reader,
+                reader.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                snapshot = await store.snapshot(reader)
+                seen = await reader.fetchval(
+                    "SELECT count(*) FROM events WHERE global_position = $1",
+                    committed.global_position,
+                )
+        finally:
+            await older.commit()
+
+    assert seen == 1 and snapshot.includes(committed.position)
+    assert not snapshot.includes(open_event.position)  # committed after the snapshot
+    assert snapshot.head < open_event.position < committed.position
+
+
+async def test_a_snapshot_includes_everything_committed_before_it(
+    store: EventStore, pool: asyncpg.Pool
+) -> None:
+    appended = [(await store.append(new_stream(), [new_event()]))[0] for _ in range(3)]
+    async with pool.acquire() as reader:
+        snapshot = await store.snapshot(reader)
+
+    assert all(snapshot.includes(event.position) for event in appended)
+    assert snapshot.head <= appended[-1].position  # the barrier may lag: another open transaction
