@@ -64,8 +64,10 @@ async def events_stream(request: Request) -> Response:
 
     everything = principal.role in READERS_OF_EVERYTHING
     subscriber = services.hub.subscribe(None if everything else principal.subject, wants)
+    if start is None:  # from now: after everything committed before the request
+        start = max(subscriber.joined_at, await services.store.head())
     return StreamingResponse(
-        _events(services.hub, subscriber, start or subscriber.joined_at, everything),
+        _events(services.hub, subscriber, start, everything),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
