@@ -30,7 +30,7 @@ from .idempotency import forget_expired
 from .live import events_stream, websocket
 from .live.feed import Feed
 from .live.hub import Hub
-from .routes import health, portfolio, positions
+from .routes import audit, health, portfolio, positions
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
             *health.routes,
             *positions.routes,
             *portfolio.routes,
+            *audit.routes,
             *websocket.routes,
             *events_stream.routes,
         ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from uuid import UUID
@@ -80,6 +81,21 @@ class QueryParams:
             except ValueError:
                 self._fail(name, f"{value!r} is not a UUID")
         return ids or None
+
+    def moment(self, name: str) -> datetime | None:
+        """An ISO-8601 time with its offset (`Z` for UTC)."""
+        raw = self.params.get(name)
+        if raw is None:
+            return None
+        try:
+            value = datetime.fromisoformat(raw)
+        except ValueError:
+            self._fail(name, "must be an ISO-8601 time, e.g. 2026-01-05T14:30:00Z")
+            return None
+        if value.tzinfo is None:
+            self._fail(name, "must give its UTC offset, e.g. Z or +01:00")
+            return None
+        return value
 
     def done(self) -> None:
         if self.errors:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -101,13 +102,13 @@ WHERE stream_id = ANY ($1) GROUP BY stream_id
 # means a rival committed, so the bound only guards against a pathological pile-up.
 _ANY_VERSION_ATTEMPTS = 100
 
-_COLUMNS = """global_position, tx_id, event_id, stream_id, stream_version, event_type,
+COLUMNS = """global_position, tx_id, event_id, stream_id, stream_version, event_type,
               schema_version, data, metadata, recorded_at"""
 
 # Only below the snapshot's xmin is the log final: every transaction there has ended, so no event
 # can later appear behind the cursor. Row comparison keeps the cursor an index range scan.
 _READ_LOG = f"""
-SELECT {_COLUMNS}
+SELECT {COLUMNS}
 FROM events
 WHERE (tx_id, global_position) > ($1::xid8, $2::bigint)
   AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -115,6 +116,18 @@ WHERE (tx_id, global_position) > ($1::xid8, $2::bigint)
   AND ($4::text[] IS NULL OR event_type = ANY ($4))
 ORDER BY tx_id, global_position
 LIMIT $5
+"""
+
+# Everything the reader's snapshot sees, final or not: only for a reader that has locked out the
+# writers whose late commits it would otherwise miss.
+_READ_VISIBLE = _READ_LOG.replace("AND tx_id < pg_snapshot_xmin(pg_current_snapshot())", "")
+assert _READ_VISIBLE != _READ_LOG
+
+_POSITION_AT = """
+SELECT tx_id, global_position FROM events
+WHERE recorded_at <= $1 AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY recorded_at DESC, tx_id DESC, global_position DESC
+LIMIT 1
 """
 
 # Committed events waiting above the barrier: some older transaction is still open.
@@ -146,20 +159,20 @@ SELECT tx_id, global_position FROM events ORDER BY tx_id DESC, global_position D
 """
 
 _READ_STREAM_FORWARD = f"""
-SELECT {_COLUMNS} FROM events
+SELECT {COLUMNS} FROM events
 WHERE stream_id = $1 AND stream_version >= $2
 ORDER BY stream_version
 LIMIT $3
 """
 
 _READ_STREAM_BACKWARD = f"""
-SELECT {_COLUMNS} FROM events
+SELECT {COLUMNS} FROM events
 WHERE stream_id = $1 AND stream_version <= $2
 ORDER BY stream_version DESC
 LIMIT $3
 """
 
-_STORED = f"SELECT {_COLUMNS} FROM events WHERE event_id = ANY ($1) ORDER BY global_position"
+_STORED = f"SELECT {COLUMNS} FROM events WHERE event_id = ANY ($1) ORDER BY global_position"
 
 _NO_LIMIT = 2**62
 _LAST_VERSION = 2**62
@@ -167,6 +180,9 @@ _LAST_VERSION = 2**62
 
 class EventStore:
     """Append-only log of events in PostgreSQL, gap-free for readers, concurrent for writers."""
+
+    COLUMNS = COLUMNS
+    """The columns `recorded` needs, for readers that select events with SQL of their own."""
 
     def __init__(
         self,
@@ -270,7 +286,7 @@ class EventStore:
         reader = connection or self._pool
         stored = await reader.fetch(_STORED, [item.event.event_id for item in pending])
         if len(stored) == len(pending):
-            return [self._record(row) for row in stored]
+            return [self.recorded(row) for row in stored]
         if stored or (error is not None and _is_constraint(error, "events_event_id_key")):
             raise DuplicateEventIds(
                 "some of these event ids are stored already, as part of another append"
@@ -306,7 +322,7 @@ class EventStore:
         else:
             sql, start = _READ_STREAM_FORWARD, from_version or 1
         rows = await (connection or self._pool).fetch(sql, stream_id, start, limit or _NO_LIMIT)
-        return [self._record(row) for row in rows]
+        return [self.recorded(row) for row in rows]
 
     async def stream_version(self, stream_id: str) -> int:
         """The stream's current version: its number of events, 0 when it does not exist."""
@@ -323,11 +339,22 @@ class EventStore:
         batch_size: int = 1000,
         categories: Iterable[str] | None = None,
         event_types: Iterable[str] | None = None,
+        connection: asyncpg.Connection | None = None,
+        final_only: bool = True,
     ) -> AsyncIterator[list[RecordedEvent]]:
-        """The log in order after `after`, in batches, up to what is final now."""
+        """The log in order after `after`, in batches, up to what is final now.
+
+        `final_only=False` reads whatever the connection's snapshot sees, including commits above
+        the barrier: for a reader that holds locks keeping out the writers it must not miss.
+        """
         categories, event_types = _filter(categories), _filter(event_types)
+        sql = _READ_LOG if final_only else _READ_VISIBLE
+        reader = connection or self._pool
         while True:
-            batch = await self._read_batch(after, batch_size, categories, event_types)
+            rows = await reader.fetch(
+                sql, after.tx_id, after.global_position, categories, event_types, batch_size
+            )
+            batch = [self.recorded(row) for row in rows]
             if batch:
                 yield batch
                 after = batch[-1].position
@@ -389,6 +416,11 @@ class EventStore:
         row = await self._pool.fetchrow(_NEWEST)
         return Position(row["tx_id"], row["global_position"]) if row else START
 
+    async def position_at(self, moment: datetime) -> Position:
+        """Where the log stood at `moment`: its last final event recorded then or before."""
+        row = await self._pool.fetchrow(_POSITION_AT, moment)
+        return Position(row["tx_id"], row["global_position"]) if row else START
+
     async def position_of(self, global_position: int) -> Position:
         """The log position of an event given by its public (integer) position; 0 is START."""
         if global_position == 0:
@@ -410,9 +442,10 @@ class EventStore:
         rows = await self._pool.fetch(
             _READ_LOG, after.tx_id, after.global_position, categories, event_types, batch_size
         )
-        return [self._record(row) for row in rows]
+        return [self.recorded(row) for row in rows]
 
-    def _record(self, row: asyncpg.Record) -> RecordedEvent:
+    def recorded(self, row: asyncpg.Record) -> RecordedEvent:
+        """An events row selected with COLUMNS, upcast to its current schema."""
         if not self._upcasters:
             return RecordedEvent(*row)  # the columns are selected in the struct's field order
         event_type, schema_version, data = self._upcasters.upcast(

@@ -20,10 +20,6 @@ _MESSAGE_TYPES = {
     "MarketPricesUpdated": "price_update",
 }
 
-# Who a change was made by is for the people who may see every position: a user following its
-# own positions does not learn where an administrator connected from.
-_PRIVATE_METADATA = ("client_ip", "user_agent")
-
 
 class Change(msgspec.Struct, frozen=True, array_like=True):
     tx_id: int
@@ -36,9 +32,7 @@ class Change(msgspec.Struct, frozen=True, array_like=True):
     message: str
     """The WebSocket message."""
     event: bytes
-    """The Server-Sent Event's data, for admins and services."""
-    event_for_owner: bytes
-    """The same for the position's owner, without other people's addresses."""
+    """The Server-Sent Event's data."""
 
     @property
     def cursor(self) -> Position:
@@ -70,7 +64,6 @@ def render(update: LiveUpdate) -> Change:
         "data": recorded.data,
         "metadata": recorded.metadata,
     }
-    public = {k: v for k, v in recorded.metadata.items() if k not in _PRIVATE_METADATA}
     return Change(
         tx_id=recorded.tx_id,
         global_position=recorded.global_position,
@@ -79,5 +72,4 @@ def render(update: LiveUpdate) -> Change:
         owner=None if view is None else view.owner,
         message=json.encode(message).decode(),
         event=json.encode(event),
-        event_for_owner=json.encode({**event, "metadata": public}),
     )

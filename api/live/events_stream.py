@@ -67,26 +67,23 @@ async def events_stream(request: Request) -> Response:
     if start is None:  # from now: after everything committed before the request
         start = max(subscriber.joined_at, await services.store.head())
     return StreamingResponse(
-        _events(services.hub, subscriber, start, everything),
+        _events(services.hub, subscriber, start),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _events(
-    hub: Hub, subscriber: Subscriber, after: Position, everything: bool
-) -> AsyncIterator[bytes]:
+async def _events(hub: Hub, subscriber: Subscriber, after: Position) -> AsyncIterator[bytes]:
     try:
         yield b"retry: 1000\n\n"
         async for change in hub.changes(subscriber, after, idle=KEEPALIVE_SECONDS):
             if change is None:
                 yield b": keep-alive\n\n"
                 continue
-            data = change.event if everything else change.event_for_owner
             yield b"id: %d\nevent: %s\ndata: %s\n\n" % (
                 change.global_position,
                 change.event_type.encode(),
-                data,
+                change.event,
             )
     except (TooSlow, HubClosed):
         return  # the client reconnects with Last-Event-ID and misses nothing

@@ -9,20 +9,31 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from projections import queries
+from projections.as_of import read_models_at
 
+from ..as_of import AS_OF_HEADER, log_position, requested_point
 from ..json import JSONResponse
+from ..query import QueryParams
 from ..security import authenticate, visible_owner
 
 
 async def summary(request: Request) -> Response:
     principal = authenticate(request)
-    owner = visible_owner(principal, request.query_params.get("owner"))
+    query = QueryParams(request)
+    owner = visible_owner(principal, query.text("owner"))
+    point = requested_point(query)
+    query.done()
     services = request.app.state.services
-    figures = await queries.portfolio_summary(
-        services.pool, owner, services.settings.risk_stop_proximity_pct
-    )
+    proximity = services.settings.risk_stop_proximity_pct
+    if point is None:
+        figures = await queries.portfolio_summary(services.pool, owner, proximity)
+        figures["calculated_at"] = datetime.now(UTC)
+        return JSONResponse(figures)
+    at = await log_position(point, services.store)
+    async with read_models_at(services.pool, services.store, at, owner=owner) as then:
+        figures = await queries.portfolio_summary(then, owner, proximity)
     figures["calculated_at"] = datetime.now(UTC)
-    return JSONResponse(figures)
+    return JSONResponse(figures, headers={AS_OF_HEADER: str(at.global_position)})
 
 
 routes = [Route("/portfolio/summary", summary, methods=["GET"])]

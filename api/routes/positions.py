@@ -26,8 +26,10 @@ from domain.commands import (
 )
 from domain.errors import DomainError, InvalidCommand
 from projections import queries
+from projections.as_of import read_models_at
 from projections.queries import PositionFilter
 
+from ..as_of import AS_OF_HEADER, log_position, requested_point
 from ..auth import Principal, Role
 from ..bodies import (
     MAX_BATCH,
@@ -104,18 +106,33 @@ async def list_positions(request: Request) -> Response:
     )
     limit = query.integer("limit", 100, 1, 1000)
     offset = query.integer("offset", 0, 0)
+    point = requested_point(query)
     query.done()
-    views, total = await queries.list_positions(_services(request).pool, where, limit, offset)
-    return JSONResponse(views, headers={"X-Total-Count": str(total)})
+    services = _services(request)
+    if point is None:
+        views, total = await queries.list_positions(services.pool, where, limit, offset)
+        return JSONResponse(views, headers={"X-Total-Count": str(total)})
+    at = await log_position(point, services.store)
+    async with read_models_at(services.pool, services.store, at, owner=where.owner) as then:
+        views, total = await queries.list_positions(then, where, limit, offset)
+    headers = {"X-Total-Count": str(total), AS_OF_HEADER: str(at.global_position)}
+    return JSONResponse(views, headers=headers)
 
 
 async def get_position(request: Request) -> Response:
     principal = authenticate(request)
     position_id = _position_id(request)
     owner = None if principal.role in READERS_OF_EVERYTHING else principal.subject
-    return _position_response(
-        await queries.get_position(_services(request).pool, position_id, owner)
-    )
+    query = QueryParams(request)
+    point = requested_point(query)
+    query.done()
+    services = _services(request)
+    if point is None:
+        return _position_response(await queries.get_position(services.pool, position_id, owner))
+    at = await log_position(point, services.store)
+    async with read_models_at(services.pool, services.store, at, position_id=position_id) as then:
+        view = await queries.get_position(then, position_id, owner)
+    return _position_response(view, headers={AS_OF_HEADER: str(at.global_position)})
 
 
 # -- commands ------------------------------------------------------------------------------------

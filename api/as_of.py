@@ -1,0 +1,32 @@
+"""`?as_of=<time>` and `?at=<event position>`: reads of the state as it was, not as it is."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from eventstore import EventStore, Position, UnknownPosition
+
+from .errors import ApiError
+from .query import QueryParams
+
+AS_OF_HEADER = "X-As-Of-Position"
+"""On a historical answer: the last event position it reflects."""
+
+
+def requested_point(query: QueryParams) -> datetime | int | None:
+    """The moment or event position asked for; None for now."""
+    moment = query.moment("as_of")
+    at = query.integer("at", None, 0)
+    if moment is not None and at is not None:
+        query.errors.append({"loc": ["query", "at"], "msg": "give as_of or at, not both"})
+    return moment if moment is not None else at
+
+
+async def log_position(point: datetime | int, store: EventStore) -> Position:
+    if isinstance(point, datetime):
+        return await store.position_at(point)
+    try:
+        return await store.position_of(point)
+    except UnknownPosition:
+        problem = {"loc": ["query", "at"], "msg": "no event has this position"}
+        raise ApiError(422, "validation failed", [problem]) from None

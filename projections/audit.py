@@ -1,0 +1,96 @@
+"""The audit trail: the log itself, searched by position, owner, actor, type, time and position.
+
+Only final events are shown (those below the snapshot barrier), so pages never shift: an event
+cannot later appear behind a cursor.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from domain.streams import MARKET_STREAM, position_stream
+from eventstore import EventStore, Position, RecordedEvent
+
+
+class EventSearch(msgspec.Struct, frozen=True, kw_only=True):
+    position_ids: list[UUID] | None = None
+    owner: str | None = None
+    actor: str | None = None
+    event_types: list[str] | None = None
+    recorded_from: datetime | None = None
+    recorded_to: datetime | None = None
+    """Inclusive bounds on the time the event was recorded."""
+    from_position: int | None = None
+    to_position: int | None = None
+    """Inclusive bounds on the event position."""
+    include_market: bool = False
+    """With `position_ids` or `owner`: also the market-price events."""
+    newest_first: bool = False
+
+
+async def search(
+    connection: asyncpg.Connection | asyncpg.Pool,
+    store: EventStore,
+    criteria: EventSearch,
+    *,
+    after: Position | None = None,
+    until: Position | None = None,
+    limit: int = 100,
+) -> list[RecordedEvent]:
+    """A page of matching events in log order (or reverse), after the cursor `after`.
+
+    `until` is the last log position to consider (inclusive).
+    """
+    clauses = ["tx_id < pg_snapshot_xmin(pg_current_snapshot())"]
+    arguments: list[Any] = []
+
+    def argument(value: Any) -> str:
+        arguments.append(value)
+        return f"${len(arguments)}"
+
+    streams = []
+    if criteria.position_ids is not None:
+        ids = [position_stream(i) for i in criteria.position_ids]
+        streams.append(f"stream_id = ANY ({argument(ids)}::text[])")
+    if criteria.owner is not None:
+        # The owner is named in each position's first event (the index serves this form).
+        streams.append(
+            "stream_id IN (SELECT o.stream_id FROM events o WHERE o.event_type = 'PositionOpened'"
+            f" AND o.data->>'owner' = {argument(criteria.owner)})"
+        )
+    if streams:
+        condition = " AND ".join(streams)
+        if criteria.include_market:
+            condition = f"({condition}) OR stream_id = {argument(MARKET_STREAM)}"
+        clauses.append(f"({condition})")
+    if criteria.actor is not None:
+        clauses.append(f"metadata->>'actor' = {argument(criteria.actor)}")
+    if criteria.event_types is not None:
+        clauses.append(f"event_type = ANY ({argument(criteria.event_types)}::text[])")
+    if criteria.recorded_from is not None:
+        clauses.append(f"recorded_at >= {argument(criteria.recorded_from)}")
+    if criteria.recorded_to is not None:
+        clauses.append(f"recorded_at <= {argument(criteria.recorded_to)}")
+    if criteria.from_position is not None:
+        clauses.append(f"global_position >= {argument(criteria.from_position)}")
+    if criteria.to_position is not None:
+        clauses.append(f"global_position <= {argument(criteria.to_position)}")
+    beyond = "<" if criteria.newest_first else ">"
+    if after is not None:
+        tx, position = argument(after.tx_id), argument(after.global_position)
+        clauses.append(f"(tx_id, global_position) {beyond} ({tx}::xid8, {position}::bigint)")
+    if until is not None:
+        tx, position = argument(until.tx_id), argument(until.global_position)
+        clauses.append(f"(tx_id, global_position) <= ({tx}::xid8, {position}::bigint)")
+    order = "DESC" if criteria.newest_first else "ASC"
+    rows = await connection.fetch(
+        f"SELECT {store.COLUMNS} FROM events WHERE {' AND '.join(clauses)} "
+        f"ORDER BY tx_id {order}, global_position {order} LIMIT {argument(limit)}",
+        *arguments,
+    )
+    return [store.recorded(row) for row in rows]
