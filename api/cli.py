@@ -9,10 +9,13 @@ import os
 import secrets
 import signal
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
+from uuid import UUID
 
 from eventstore import MigrationError
 
+from . import operations
 from .auth import AuthSettings, Role, mint_token
 from .config import ConfigError, Settings
 from .database import apply_migrations, resolve_database_url
@@ -44,6 +47,18 @@ def main(argv: list[str] | None = None) -> int:
         help="refuse to start without DATABASE_URL and a JWT key; several workers",
     )
     commands.add_parser("migrate", help="apply pending database migrations and exit")
+    commands.add_parser(
+        "rebuild", help="rebuild the read models from the log beside the live ones, then swap"
+    )
+    commands.add_parser(
+        "verify", help="rebuild into scratch tables; list rows that differ (exit 1 if any)"
+    )
+    export = commands.add_parser("export", help="events as JSON lines, oldest first")
+    export.add_argument("--position", type=UUID, help="the events of one position")
+    export.add_argument("--owner", help="the events of one owner's positions")
+    export.add_argument("--from", dest="recorded_from", type=_moment, help="ISO time, inclusive")
+    export.add_argument("--to", dest="recorded_to", type=_moment, help="ISO time, inclusive")
+    export.add_argument("--output", type=Path, help="a file (default: standard output)")
     token = commands.add_parser("token", help="print a signed token (HS256, JWT_SECRET)")
     token.add_argument("--sub", required=True, help="the user id")
     token.add_argument("--role", choices=[r.value for r in Role], default=Role.USER.value)
@@ -55,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         if arguments.command == "migrate":
             return _migrate(settings)
+        if arguments.command == "rebuild":
+            return asyncio.run(operations.rebuild_read_models(settings))
+        if arguments.command == "verify":
+            return asyncio.run(operations.verify_read_models(settings))
+        if arguments.command == "export":
+            return _export(settings, arguments)
         if arguments.command == "token":
             return _token(settings, arguments.sub, Role(arguments.role), arguments.ttl)
         if arguments.production:
@@ -63,6 +84,26 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, MigrationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def _moment(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError("give the UTC offset, e.g. 2026-01-05T14:30:00Z")
+    return value
+
+
+def _export(settings: Settings, arguments: argparse.Namespace) -> int:
+    filters = {
+        "position_id": arguments.position,
+        "owner": arguments.owner,
+        "recorded_from": arguments.recorded_from,
+        "recorded_to": arguments.recorded_to,
+    }
+    if arguments.output is None:
+        return asyncio.run(operations.export_events(settings, sys.stdout.buffer, **filters))
+    with arguments.output.open("wb") as output:
+        return asyncio.run(operations.export_events(settings, output, **filters))
 
 
 def _migrate(settings: Settings) -> int:

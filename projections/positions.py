@@ -32,7 +32,8 @@ from domain.position import Position, evolve
 from domain.streams import MARKET_STREAM, position_id_of
 from eventstore import RecordedEvent
 
-TABLES = ("positions", "market_prices")
+TABLES = {"positions": "position_id", "market_prices": "symbol"}
+"""The read-model tables, each with its key."""
 
 # Column types, in the order of the domain's Position fields (`deleted` rows are removed instead).
 _TYPES = {

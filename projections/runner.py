@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
@@ -20,6 +21,8 @@ from eventstore import EventStore, RecordedEvent, load_checkpoint, reset_checkpo
 from .positions import TABLES
 
 Projector = Callable[[asyncpg.Connection, Sequence[RecordedEvent]], Awaitable[None]]
+Progress = Callable[[int], object]
+"""Told the number of events applied so far, after each batch."""
 
 _HELD_BACK_PAUSE = 0.02  # seconds between looks while an older transaction holds readers back
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -39,6 +42,7 @@ async def catch_up(
     *,
     schema: str | None = None,
     batch_size: int = 1000,
+    progress: Progress | None = None,
 ) -> int:
     """Apply every event committed before the call (and any after it met on the way), once.
 
@@ -60,15 +64,24 @@ async def catch_up(
                     await save_checkpoint(connection, subscriber, position, batch[-1].position)
                 position = batch[-1].position
                 applied += len(batch)
+                if progress is not None:
+                    progress(applied)
             if position >= goal:
                 return applied
             await asyncio.sleep(_HELD_BACK_PAUSE)
 
 
 async def rebuild_into(
-    pool: asyncpg.Pool, store: EventStore, schema: str, project: Projector
+    pool: asyncpg.Pool,
+    store: EventStore,
+    schema: str,
+    project: Projector,
+    progress: Progress | None = None,
 ) -> int:
-    """Build the read model tables afresh, from the whole log, in `schema`."""
+    """Build the read model tables afresh, from the whole log, in `schema`.
+
+    Each batch commits on its own: no transaction stays open long enough to hold readers back.
+    """
     quoted = _schema(schema)
     async with pool.acquire() as connection, connection.transaction():
         await connection.execute(f"DROP SCHEMA IF EXISTS {quoted} CASCADE")
@@ -78,18 +91,100 @@ async def rebuild_into(
                 f"CREATE TABLE {quoted}.{table} (LIKE public.{table} INCLUDING ALL)"
             )
         await reset_checkpoint(connection, f"rebuild:{schema}")
-    return await catch_up(pool, store, f"rebuild:{schema}", project, schema=schema)
+    return await catch_up(
+        pool, store, _subscriber(schema), project, schema=schema, progress=progress
+    )
 
 
-async def differences(pool: asyncpg.Pool, schema: str) -> dict[str, int]:
-    """Per table, how many rows differ between the live read model and the one in `schema`."""
+async def rebuild(
+    pool: asyncpg.Pool, store: EventStore, project: Projector, progress: Progress | None = None
+) -> int:
+    """Replace the live read models with ones rebuilt from the log, while they keep serving.
+
+    The new tables are built beside the live ones, then swapped in: in one short transaction that
+    keeps writers out, the events committed since are applied to them and they take the live
+    tables' place (names, indexes and all). Readers are held up only for the swap itself.
+    """
+    schema = f"rebuild_{int(time.time())}"
+    applied = await rebuild_into(pool, store, schema, project, progress)
+    return applied + await _swap_in(pool, store, schema, project)
+
+
+async def _swap_in(pool: asyncpg.Pool, store: EventStore, schema: str, project: Projector) -> int:
     quoted = _schema(schema)
-    counts = {}
-    for table in TABLES:
-        counts[table] = await pool.fetchval(
-            f"""SELECT (SELECT count(*) FROM (TABLE public.{table} EXCEPT ALL
-                                              TABLE {quoted}.{table}) AS live_only)
-                     + (SELECT count(*) FROM (TABLE {quoted}.{table} EXCEPT ALL
-                                              TABLE public.{table}) AS rebuilt_only)"""
+    tables = ", ".join(f"public.{table}" for table in TABLES)
+    applied = 0
+    async with pool.acquire() as connection, connection.transaction():
+        # Writers wait from here; every one that wrote to the tables before has committed.
+        await connection.execute(f"LOCK TABLE {tables} IN EXCLUSIVE MODE")
+        position = await load_checkpoint(connection, _subscriber(schema))
+        await connection.execute(f"SET LOCAL search_path TO {quoted}, public")
+        # Not only the final events: a writer still open cannot have touched the tables, and it
+        # will write its own events to the new ones once they are in place.
+        async for batch in store.read_all(position, connection=connection, final_only=False):
+            await project(connection, batch)
+            applied += len(batch)
+        for table in TABLES:
+            names = await _index_names(connection, schema, table)
+            await connection.execute(f"DROP TABLE public.{table}")
+            await connection.execute(f"ALTER TABLE {quoted}.{table} SET SCHEMA public")
+            for new, old in names.items():
+                await connection.execute(f'ALTER INDEX public."{new}" RENAME TO "{old}"')
+        await connection.execute(f"DROP SCHEMA {quoted}")
+        await reset_checkpoint(connection, _subscriber(schema))
+    return applied
+
+
+_INDEXES = """
+SELECT indexname AS name, indexdef LIKE 'CREATE UNIQUE%' AS is_unique,
+       substring(indexdef FROM ' USING .*$') AS definition
+FROM pg_indexes WHERE schemaname = $1 AND tablename = $2
+"""
+
+
+async def _index_names(connection: asyncpg.Connection, schema: str, table: str) -> dict[str, str]:
+    """The rebuilt table's index names that differ from the live one's, mapped to those."""
+    live = {
+        (row["is_unique"], row["definition"]): row["name"]
+        for row in await connection.fetch(_INDEXES, "public", table)
+    }
+    renames = {}
+    for row in await connection.fetch(_INDEXES, schema, table):
+        old = live[(row["is_unique"], row["definition"])]
+        if old != row["name"]:
+            renames[row["name"]] = old
+    return renames
+
+
+def _subscriber(schema: str) -> str:
+    return f"rebuild:{schema}"
+
+
+async def differing_rows(pool: asyncpg.Pool, schema: str) -> dict[str, list[str]]:
+    """Per table, the keys of the rows that differ between the live read model and `schema`'s."""
+    quoted = _schema(schema)
+    found = {}
+    for table, key in TABLES.items():
+        rows = await pool.fetch(
+            f"""SELECT DISTINCT {key}::text AS key FROM (
+                    (TABLE public.{table} EXCEPT ALL TABLE {quoted}.{table})
+                    UNION ALL
+                    (TABLE {quoted}.{table} EXCEPT ALL TABLE public.{table})
+                ) AS different ORDER BY 1"""
         )
-    return counts
+        found[table] = [row["key"] for row in rows]
+    return found
+
+
+async def verify(
+    pool: asyncpg.Pool, store: EventStore, project: Projector, progress: Progress | None = None
+) -> dict[str, list[str]]:
+    """Rebuild into scratch tables and name every live row that differs (the live ones stay)."""
+    schema = f"verify_{int(time.time())}"
+    try:
+        await rebuild_into(pool, store, schema, project, progress)
+        return await differing_rows(pool, schema)
+    finally:
+        async with pool.acquire() as connection, connection.transaction():
+            await connection.execute(f"DROP SCHEMA IF EXISTS {_schema(schema)} CASCADE")
+            await reset_checkpoint(connection, _subscriber(schema))

@@ -24,7 +24,7 @@ from domain.commands import (
 from domain.errors import DomainError
 from eventstore import EventStore
 from projections.positions import project_positions
-from projections.runner import catch_up, differences, rebuild_into
+from projections.runner import catch_up, differing_rows, rebuild_into
 
 AT = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
 SYMBOLS = ["AAPL", "MSFT", "BRK.B"]
@@ -104,19 +104,22 @@ async def test_a_rebuild_after_a_random_workload_equals_the_live_read_model(
     applied = await rebuild_into(pool, live_store, "rebuilt", project_positions)
 
     assert applied == await pool.fetchval("SELECT count(*) FROM events")
-    assert await differences(pool, "rebuilt") == {"positions": 0, "market_prices": 0}
+    assert await differing_rows(pool, "rebuilt") == {"positions": [], "market_prices": []}
 
 
-async def test_differences_finds_a_tampered_row(pool: asyncpg.Pool, live_store: EventStore) -> None:
+async def test_differing_rows_names_a_tampered_row(pool: asyncpg.Pool, live_store: EventStore) -> None:
     await random_workload(PositionHandlers(live_store), seed=7, steps=30)
     await rebuild_into(pool, live_store, "rebuilt", project_positions)
 
-    await pool.execute(
+    tampered = await pool.fetchval(
         "UPDATE positions SET notes = 'tampered' WHERE position_id = "
-        "(SELECT position_id FROM positions LIMIT 1)"
+        "(SELECT position_id FROM positions LIMIT 1) RETURNING position_id"
     )
 
-    assert (await differences(pool, "rebuilt"))["positions"] == 2  # the live row and its twin
+    assert await differing_rows(pool, "rebuilt") == {
+        "positions": [str(tampered)],
+        "market_prices": [],
+    }
 
 
 async def test_a_price_committed_after_an_opening_earlier_in_the_log_prices_it_the_same_way(
@@ -164,7 +167,7 @@ async def test_a_price_committed_after_an_opening_earlier_in_the_log_prices_it_t
     finally:
         await store.close()
 
-    assert await differences(pool, "rebuilt") == {"positions": 0, "market_prices": 0}
+    assert await differing_rows(pool, "rebuilt") == {"positions": [], "market_prices": []}
 
 
 async def test_catching_up_twice_applies_each_event_once(
@@ -178,7 +181,7 @@ async def test_catching_up_twice_applies_each_event_once(
     more = await catch_up(pool, live_store, "rebuild:rebuilt", project_positions, schema="rebuilt")
 
     assert first > 0 and again == 0 and more > 0
-    assert await differences(pool, "rebuilt") == {"positions": 0, "market_prices": 0}
+    assert await differing_rows(pool, "rebuilt") == {"positions": [], "market_prices": []}
 
 
 async def test_a_rebuild_schema_must_be_a_plain_identifier(
@@ -210,4 +213,4 @@ async def test_catch_up_waits_for_events_held_behind_an_older_open_transaction(
     applied = await asyncio.wait_for(rebuilding, 10)
 
     assert applied == await pool.fetchval("SELECT count(*) FROM events")
-    assert await differences(pool, "rebuilt") == {"positions": 0, "market_prices": 0}
+    assert await differing_rows(pool, "rebuilt") == {"positions": [], "market_prices": []}

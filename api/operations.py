@@ -1,0 +1,105 @@
+"""Operators' commands on the read models and the log: rebuild, verify, export."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import IO
+from uuid import UUID
+
+import asyncpg
+
+import eventstore
+from eventstore import EventStore
+from projections import audit
+from projections.positions import project_positions
+from projections.runner import rebuild, verify
+
+from . import json
+from .config import Settings
+from .database import apply_migrations, resolve_database_url
+from .routes.audit import entry
+
+
+@asynccontextmanager
+async def _store(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, EventStore]]:
+    dsn = await resolve_database_url(settings)
+    await apply_migrations(dsn)
+    # One batch at a time: a few connections are plenty, and leave the service its own.
+    pool = await eventstore.create_pool(dsn, min_size=1, max_size=4)
+    store = EventStore(pool)
+    try:
+        yield pool, store
+    finally:
+        await store.close()
+        await pool.close()
+
+
+class _Progress:
+    """A line on stderr at most once a second: how many events, how fast."""
+
+    def __init__(self, verb: str) -> None:
+        self._verb = verb
+        self._started = self._shown = time.monotonic()
+
+    def __call__(self, count: int, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if final or now - self._shown >= 1:
+            self._shown = now
+            rate = count / max(now - self._started, 1e-9)
+            print(f"{self._verb} {count:,} events ({rate:,.0f}/s)", file=sys.stderr, flush=True)
+
+
+async def rebuild_read_models(settings: Settings) -> int:
+    async with _store(settings) as (pool, store):
+        progress = _Progress("rebuilt")
+        applied = await rebuild(pool, store, project_positions, progress)
+        progress(applied, final=True)
+    print("the rebuilt read models are live")
+    return 0
+
+
+async def verify_read_models(settings: Settings) -> int:
+    """Exit status 0 when the live read models equal a rebuild from the log, 1 when not."""
+    async with _store(settings) as (pool, store):
+        different = await verify(pool, store, project_positions, _Progress("replayed"))
+    for table, keys in different.items():
+        for key in keys:
+            print(f"{table}: {key} differs from the log")
+    if any(different.values()):
+        return 1
+    print("the read models agree with the log")
+    return 0
+
+
+async def export_events(
+    settings: Settings,
+    output: IO[bytes],
+    *,
+    position_id: UUID | None,
+    owner: str | None,
+    recorded_from: datetime | None,
+    recorded_to: datetime | None,
+) -> int:
+    """The events asked for, oldest first, one JSON object per line, as auditors read them."""
+    criteria = audit.EventSearch(
+        position_ids=None if position_id is None else [position_id],
+        owner=owner,
+        recorded_from=recorded_from,
+        recorded_to=recorded_to,
+    )
+    progress = _Progress("exported")
+    count = 0
+    async with _store(settings) as (pool, store):
+        cursor = None
+        while batch := await audit.search(pool, store, criteria, after=cursor, limit=5000):
+            output.writelines(json.encode(entry(event)) + b"\n" for event in batch)
+            cursor = batch[-1].position
+            count += len(batch)
+            progress(count)
+    output.flush()
+    progress(count, final=True)
+    return 0
