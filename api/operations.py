@@ -39,25 +39,32 @@ async def _store(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, EventS
 
 
 class _Progress:
-    """A line on stderr at most once a second: how many events, how fast."""
+    """A line on stderr at most once a second, and a last one: how many events, how fast."""
 
     def __init__(self, verb: str) -> None:
         self._verb = verb
         self._started = self._shown = time.monotonic()
+        self._count = 0
 
-    def __call__(self, count: int, *, final: bool = False) -> None:
-        now = time.monotonic()
-        if final or now - self._shown >= 1:
-            self._shown = now
-            rate = count / max(now - self._started, 1e-9)
-            print(f"{self._verb} {count:,} events ({rate:,.0f}/s)", file=sys.stderr, flush=True)
+    def __call__(self, count: int) -> None:
+        self._count = count
+        if time.monotonic() - self._shown >= 1:
+            self._show()
+
+    def done(self) -> None:
+        self._show()
+
+    def _show(self) -> None:
+        self._shown = now = time.monotonic()
+        rate = self._count / max(now - self._started, 1e-9)
+        print(f"{self._verb} {self._count:,} events ({rate:,.0f}/s)", file=sys.stderr, flush=True)
 
 
 async def rebuild_read_models(settings: Settings) -> int:
     async with _store(settings) as (pool, store):
         progress = _Progress("rebuilt")
-        applied = await rebuild(pool, store, project_positions, progress)
-        progress(applied, final=True)
+        await rebuild(pool, store, project_positions, progress)
+        progress.done()
     print("the rebuilt read models are live")
     return 0
 
@@ -65,7 +72,9 @@ async def rebuild_read_models(settings: Settings) -> int:
 async def verify_read_models(settings: Settings) -> int:
     """Exit status 0 when the live read models equal a rebuild from the log, 1 when not."""
     async with _store(settings) as (pool, store):
-        different = await verify(pool, store, project_positions, _Progress("replayed"))
+        progress = _Progress("replayed")
+        different = await verify(pool, store, project_positions, progress)
+        progress.done()
     for table, keys in different.items():
         for key in keys:
             print(f"{table}: {key} differs from the log")
@@ -101,5 +110,5 @@ async def export_events(
             count += len(batch)
             progress(count)
     output.flush()
-    progress(count, final=True)
+    progress.done()
     return 0

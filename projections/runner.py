@@ -102,8 +102,8 @@ async def rebuild(
     """Replace the live read models with ones rebuilt from the log, while they keep serving.
 
     The new tables are built beside the live ones, then swapped in: in one short transaction that
-    keeps writers out, the events committed since are applied to them and they take the live
-    tables' place (names, indexes and all). Readers are held up only for the swap itself.
+    locks the live tables, the events committed since are applied to them and they take the live
+    tables' place (names, indexes and all). Readers and writers wait only for that transaction.
     """
     schema = f"rebuild_{int(time.time())}"
     applied = await rebuild_into(pool, store, schema, project, progress)
@@ -115,8 +115,10 @@ async def _swap_in(pool: asyncpg.Pool, store: EventStore, schema: str, project: 
     tables = ", ".join(f"public.{table}" for table in TABLES)
     applied = 0
     async with pool.acquire() as connection, connection.transaction():
-        # Writers wait from here; every one that wrote to the tables before has committed.
-        await connection.execute(f"LOCK TABLE {tables} IN EXCLUSIVE MODE")
+        # Everyone waits from here (briefly: the rebuild is close to the head by now). Every
+        # writer that touched the tables has committed. A weaker lock would deadlock with a
+        # writer that has read the tables and waits to write them.
+        await connection.execute(f"LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE")
         position = await load_checkpoint(connection, _subscriber(schema))
         await connection.execute(f"SET LOCAL search_path TO {quoted}, public")
         # Not only the final events: a writer still open cannot have touched the tables, and it

@@ -32,6 +32,7 @@ async def summary(request: Request) -> Response:
     at = await log_position(point, services.store)
     async with read_models_at(services.pool, services.store, at, owner=owner) as then:
         figures = await queries.portfolio_summary(then, owner, proximity)
+    figures["as_of_position"] = at.global_position
     figures["calculated_at"] = datetime.now(UTC)
     return JSONResponse(figures, headers={AS_OF_HEADER: str(at.global_position)})
 
