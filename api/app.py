@@ -21,6 +21,7 @@ from domain.errors import DomainError
 from eventstore import EventStore
 from projections.positions import project_positions
 
+from .access_log import AccessLogMiddleware
 from .auth import AuthError, AuthSettings, TokenVerifier
 from .config import Settings
 from .context import RequestContextMiddleware
@@ -30,6 +31,7 @@ from .idempotency import forget_expired
 from .live import events_stream, websocket
 from .live.feed import Feed
 from .live.hub import Hub
+from .metrics import Metrics, note_recorded
 from .routes import audit, health, portfolio, positions
 
 log = logging.getLogger(__name__)
@@ -45,12 +47,17 @@ class Services:
     handlers: PositionHandlers
     hub: Hub
     feed: Feed
+    redis: aioredis.Redis | None
+    metrics: Metrics
     started_at: float
+    stopping: asyncio.Event
+    """Set when shutdown begins: /health/ready answers 503 so load balancers stop sending."""
 
 
 def create_app(settings: Settings | None = None, auth: AuthSettings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     verifier = TokenVerifier(auth or AuthSettings.from_env(settings.environment))
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -59,7 +66,7 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
         pool = await create_pool(dsn, settings)
         # The positions read model is updated inside each append's transaction: a read after a
         # successful command always sees it.
-        store = EventStore(pool, inline_projectors=[project_positions])
+        store = EventStore(pool, inline_projectors=[project_positions, note_recorded])
         redis = _redis_client(settings.redis_url)
         hub = Hub(store, pool, settings.live_queue_limit)
         feed = Feed(hub, store, pool, redis, settings.redis_key_prefix)
@@ -70,7 +77,10 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
             handlers=PositionHandlers(store),
             hub=hub,
             feed=feed,
+            redis=redis,
+            metrics=metrics,
             started_at=time.monotonic(),
+            stopping=asyncio.Event(),
         )
         background = [
             asyncio.create_task(
@@ -99,7 +109,10 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
             *websocket.routes,
             *events_stream.routes,
         ],
-        middleware=[Middleware(RequestContextMiddleware)],
+        middleware=[
+            Middleware(RequestContextMiddleware),
+            Middleware(AccessLogMiddleware, metrics=metrics),
+        ],
         exception_handlers={
             # Expected refusals. Anything else: a bare 500 from RequestContextMiddleware.
             kind: handle_error

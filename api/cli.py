@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import logging.config
 import os
 import secrets
 import signal
@@ -19,7 +20,7 @@ from . import operations
 from .auth import AuthSettings, Role, mint_token
 from .config import ConfigError, Settings
 from .database import apply_migrations, resolve_database_url
-from .logs import uvicorn_log_config
+from .logs import logging_config
 
 DEV_TOKEN_TTL = timedelta(hours=24)
 
@@ -65,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     arguments = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env()
+        logging.config.dictConfig(logging_config(settings.log_level))
         if arguments.command == "migrate":
             return _migrate(settings)
         if arguments.command == "rebuild":
@@ -186,7 +187,7 @@ def _serve(settings: Settings, *, workers: int) -> int:
         port=settings.port,
         workers=workers if workers > 1 else None,
         log_level=settings.log_level.lower(),
-        log_config=uvicorn_log_config(),
+        log_config=logging_config(settings.log_level),
         **SERVER_OPTIONS,
     )
     return 0

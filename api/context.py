@@ -9,6 +9,7 @@ from typing import Any
 from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import logs
 from .auth import Principal
 from .errors import error_response
 
@@ -36,6 +37,10 @@ class RequestContextMiddleware:
         )
         correlation_id = given if _SAFE_ID.fullmatch(given) else str(uuid.uuid4())
         scope.setdefault("state", {})["correlation_id"] = correlation_id
+        logs.correlation_id.set(correlation_id)
+        if scope["type"] == "websocket":  # no headers to add; the socket ends its own faults
+            await self.app(scope, receive, send)
+            return
         echoed = (b"x-correlation-id", correlation_id.encode())
         started = False
 
@@ -49,7 +54,7 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as error:
-            if started or scope["type"] != "http":
+            if started:
                 raise
             await error_response(Request(scope), error)(scope, receive, send_with_id)
 

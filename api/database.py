@@ -14,6 +14,7 @@ from eventstore import migrate
 from .config import MIGRATIONS, Settings
 
 log = logging.getLogger(__name__)
+sql_log = logging.getLogger("api.sql")
 
 EMBEDDED_DATABASE = "positions"
 
@@ -72,6 +73,19 @@ async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
         min_size=settings.db_pool_size,
         max_size=max(1, settings.db_pool_size + settings.db_max_overflow),
         max_inactive_connection_lifetime=60.0,
+        query_logger=_log_statement if settings.sql_echo else None,
+    )
+
+
+def _log_statement(query: asyncpg.connection.LoggedQuery) -> None:
+    """SQL_ECHO: each statement and its time; never its arguments (they carry people's data)."""
+    sql_log.info(
+        "%s",
+        " ".join(query.query.split()),
+        extra={
+            "duration_ms": round(query.elapsed * 1000, 3),
+            "failed": query.exception is not None,
+        },
     )
 
 

@@ -40,7 +40,21 @@ async def run_command(request: Request, caller: str, body: bytes, operation: Ope
                 }
             ],
         )
-    pool: asyncpg.Pool = request.app.state.services.pool
+    services = request.app.state.services
+    services.metrics.start_counting()
+    response = await _run_once(request, caller, key, body, operation, services.pool)
+    services.metrics.count_committed()  # only now: the transaction has committed
+    return response
+
+
+async def _run_once(
+    request: Request,
+    caller: str,
+    key: str | None,
+    body: bytes,
+    operation: Operation,
+    pool: asyncpg.Pool,
+) -> Response:
     async with pool.acquire() as connection, connection.transaction():
         if key is None:
             return await operation(connection)

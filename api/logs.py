@@ -1,11 +1,17 @@
-"""Logging that never writes a secret: the WebSocket takes its token in the URL."""
+"""Logs: one JSON object per line on stdout, with the request's correlation id; never a secret.
+
+The WebSocket takes its token in the URL, and servers log URLs: every handler masks `token=`.
+"""
 
 from __future__ import annotations
 
-import copy
 import logging
 import re
+from contextvars import ContextVar
 from typing import Any
+
+correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
+"""The correlation id of the request being served, for every line logged while serving it."""
 
 _TOKEN_IN_URL = re.compile(r"(?<=[?&]token=)[^&\s\"']+")
 
@@ -25,12 +31,46 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def uvicorn_log_config() -> dict[str, Any]:
-    """uvicorn's own logging setup, with secrets masked on every handler."""
-    from uvicorn.config import LOGGING_CONFIG
+class WithCorrelationId(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "correlation_id"):
+            record.correlation_id = correlation_id.get()
+        return True
 
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config.setdefault("filters", {})["redact"] = {"()": f"{__name__}.RedactSecrets"}
-    for handler in config["handlers"].values():
-        handler.setdefault("filters", []).append("redact")
-    return config
+
+def logging_config(level: str) -> dict[str, Any]:
+    """For logging.config.dictConfig and uvicorn's `log_config`: JSON lines on stdout.
+
+    uvicorn's access log is off: the service logs each request itself, with its route, user and
+    correlation id (api/access_log.py).
+    """
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {
+            "redact": {"()": f"{__name__}.RedactSecrets"},
+            "correlation": {"()": f"{__name__}.WithCorrelationId"},
+        },
+        "formatters": {
+            "json": {
+                "()": "pythonjsonlogger.orjson.OrjsonFormatter",
+                "fmt": "%(levelname)s %(name)s %(message)s",
+                "rename_fields": {"levelname": "level", "name": "logger"},
+                "timestamp": "time",
+            }
+        },
+        "handlers": {
+            "stdout": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stdout",
+                "formatter": "json",
+                "filters": ["redact", "correlation"],
+            }
+        },
+        "root": {"level": level, "handlers": ["stdout"]},
+        "loggers": {
+            "uvicorn": {"level": level, "handlers": [], "propagate": True},
+            "uvicorn.error": {"level": level, "handlers": [], "propagate": True},
+            "uvicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
+        },
+    }

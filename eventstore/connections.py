@@ -9,6 +9,7 @@ on release, so the pool skips that query.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -20,5 +21,14 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
     """Nothing to reset (see the module's docstring)."""
 
 
-async def create_pool(dsn: str, **options: Any) -> asyncpg.Pool:
-    return await asyncpg.create_pool(dsn, init=init_connection, reset=_keep_session, **options)
+async def create_pool(
+    dsn: str, *, query_logger: Callable[[Any], object] | None = None, **options: Any
+) -> asyncpg.Pool:
+    """`query_logger` is told of every statement each connection runs (asyncpg's LoggedQuery)."""
+
+    async def init(connection: asyncpg.Connection) -> None:
+        await init_connection(connection)
+        if query_logger is not None:
+            connection.add_query_logger(query_logger)
+
+    return await asyncpg.create_pool(dsn, init=init, reset=_keep_session, **options)

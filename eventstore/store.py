@@ -416,6 +416,14 @@ class EventStore:
         row = await self._pool.fetchrow(_NEWEST)
         return Position(row["tx_id"], row["global_position"]) if row else START
 
+    async def count_after(self, after: Position) -> int:
+        """How many committed events lie after `after`: how far behind a reader there is."""
+        return await self._pool.fetchval(
+            "SELECT count(*) FROM events WHERE (tx_id, global_position) > ($1::xid8, $2::bigint)",
+            after.tx_id,
+            after.global_position,
+        )
+
     async def position_at(self, moment: datetime) -> Position:
         """Where the log stood at `moment`: its last final event recorded then or before."""
         row = await self._pool.fetchrow(_POSITION_AT, moment)

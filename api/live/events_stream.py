@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from prometheus_client import Gauge
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -67,13 +68,16 @@ async def events_stream(request: Request) -> Response:
     if start is None:  # from now: after everything committed before the request
         start = max(subscriber.joined_at, await services.store.head())
     return StreamingResponse(
-        _events(services.hub, subscriber, start),
+        _events(services.hub, subscriber, start, services.metrics.open_streams.labels("sse")),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _events(hub: Hub, subscriber: Subscriber, after: Position) -> AsyncIterator[bytes]:
+async def _events(
+    hub: Hub, subscriber: Subscriber, after: Position, open_streams: Gauge
+) -> AsyncIterator[bytes]:
+    open_streams.inc()
     try:
         yield b"retry: 1000\n\n"
         async for change in hub.changes(subscriber, after, idle=KEEPALIVE_SECONDS):
@@ -89,6 +93,7 @@ async def _events(hub: Hub, subscriber: Subscriber, after: Position) -> AsyncIte
         return  # the client reconnects with Last-Event-ID and misses nothing
     finally:
         hub.unsubscribe(subscriber)
+        open_streams.dec()
 
 
 routes = [Route("/events/stream", events_stream, methods=["GET"])]

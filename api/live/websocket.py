@@ -55,6 +55,8 @@ async def positions_socket(websocket: WebSocket) -> None:
     owner = None if principal.role in READERS_OF_EVERYTHING else principal.subject
     hub = services.hub
     subscriber = hub.subscribe(owner, lambda change: True)
+    open_sockets = services.metrics.open_streams.labels("websocket")
+    open_sockets.inc()
     seconds_left = (principal.expires_at - datetime.now(UTC)).total_seconds()
     expiry = asyncio.get_running_loop().call_later(
         max(seconds_left, 0), subscriber.fail, _TokenExpired()
@@ -67,6 +69,7 @@ async def positions_socket(websocket: WebSocket) -> None:
         await _until_disconnect(websocket, sender)
     finally:
         hub.unsubscribe(subscriber)
+        open_sockets.dec()
         expiry.cancel()
         sender.cancel()
     if subscriber.failure is not None and type(subscriber.failure) in _CLOSE_CODES:

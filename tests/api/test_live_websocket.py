@@ -214,7 +214,7 @@ async def test_resuming_in_the_middle_of_a_burst_gives_each_event_exactly_once(
 async def test_a_client_that_stops_reading_is_cut_off_while_others_keep_up(
     api_database: str, admin: Caller
 ) -> None:
-    with running_service({"DATABASE_URL": api_database, "LIVE_QUEUE_LIMIT": "20"}) as url:
+    with running_service({"DATABASE_URL": api_database, "LIVE_QUEUE_LIMIT": "100"}) as url:
         admin_token = token(admin.subject, Role.ADMIN)
         slow_socket = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
         slow_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -224,9 +224,9 @@ async def test_a_client_that_stops_reading_is_cut_off_while_others_keep_up(
         ):
             await next_message(slow)
             await next_message(fast)
-            # About 6 MB in 9 kB messages: more than the kernel's socket buffers (4 MB) hold.
+            # About 7 MB in 9 kB messages: more than the kernel's socket buffers (4 MB) hold.
             symbols = [fresh_symbol() for _ in range(400)]
-            updates = 700
+            updates = 800
             received = 0
 
             def post_prices() -> None:
