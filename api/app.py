@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,6 +39,8 @@ from .routes import audit, health, portfolio, positions
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 600  # seconds
+GOING_AWAY_SECONDS = 0.25
+"""Time the live connections get to close with 1001 before uvicorn closes what is left."""
 
 
 @dataclass
@@ -88,6 +92,7 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
             ),
             asyncio.create_task(feed.run()),
         ]
+        _go_away_first(asyncio.get_running_loop(), app.state.services)
         try:
             yield
         finally:
@@ -130,6 +135,32 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
     )
     app.state.verifier = verifier
     return app
+
+
+def _go_away_first(loop: asyncio.AbstractEventLoop, services: Services) -> None:
+    """On SIGTERM or SIGINT, say "going away" before uvicorn stops.
+
+    uvicorn stops accepting, lets requests in flight finish and closes WebSockets with 1012. First
+    the service marks itself not ready and ends its live connections itself: WebSockets with 1001
+    (what SPEC.md promises), SSE streams at an event boundary. Then uvicorn's own handler runs.
+    Signals reach only the main thread: a server run in another thread (tests) is stopped directly.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def begin(number: int, frame: object, previous: object) -> None:
+        services.stopping.set()
+        services.hub.close()
+        if callable(previous):  # uvicorn's: it sets a flag its main loop looks at
+            loop.call_later(GOING_AWAY_SECONDS, previous, number, frame)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+
+        def handler(number: int, frame: object, previous: object = previous) -> None:
+            loop.call_soon_threadsafe(begin, number, frame, previous)
+
+        signal.signal(signum, handler)
 
 
 def _redis_client(url: str | None) -> aioredis.Redis | None:

@@ -33,6 +33,8 @@ SERVER_OPTIONS = {
     "ws_max_size": 64 * 1024,
     "ws_ping_interval": 20.0,
     "ws_ping_timeout": 20.0,
+    # On SIGTERM, requests in flight get this long to finish before their connections are closed.
+    "timeout_graceful_shutdown": 10,
 }
 
 

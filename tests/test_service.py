@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
+import websockets.exceptions
+import websockets.sync.client
 
+from api.auth import Role, mint_token
 from api.config import PROJECT_ROOT
 
 
@@ -215,3 +223,75 @@ def test_production_serves_with_several_workers(database_url: str) -> None:
         process.wait(20)
     assert health.status_code == 200
     assert len(workers) == 2
+
+
+def test_sigterm_during_a_burst_loses_nothing_acknowledged_and_says_going_away(
+    database_url: str, data_dir: Path
+) -> None:
+    secret = "sigterm-test-secret-long-enough-for-hs256"
+    process, base = start_service(
+        service_env(DATABASE_URL=database_url, DATA_DIR=str(data_dir), JWT_SECRET=secret)
+    )
+    bearer = mint_token(
+        secret_or_private_key=secret,
+        algorithm="HS256",
+        subject="trader",
+        role=Role.USER,
+        ttl=timedelta(minutes=5),
+    )
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def send_commands() -> None:
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {bearer}"}) as http:
+            while not stop.is_set():
+                try:
+                    response = http.post(
+                        "/positions",
+                        json={"symbol": "AAPL", "side": "long", "quantity": 1, "entry_price": 10},
+                    )
+                except httpx.TransportError:
+                    return  # the service has gone: nothing was acknowledged
+                if response.status_code == 201:
+                    acknowledged.append(response.json()["id"])
+
+    socket_url = base.replace("http://", "ws://") + f"/ws/positions?token={bearer}"
+    with websockets.sync.client.connect(socket_url) as live:
+        live.recv(timeout=10)  # initial_data
+        senders = [threading.Thread(target=send_commands) for _ in range(8)]
+        for sender in senders:
+            sender.start()
+        time.sleep(1)
+        process.send_signal(signal.SIGTERM)
+        try:
+            while True:
+                live.recv(timeout=15)
+        except websockets.exceptions.ConnectionClosed as closed:
+            close_code = closed.rcvd.code if closed.rcvd else None
+    stop.set()
+    for sender in senders:
+        sender.join(30)
+    process.wait(30)
+
+    assert close_code == 1001
+    assert len(acknowledged) > 8
+    logged = {
+        str(row["position_id"])
+        for row in db_rows(database_url, "SELECT position_id FROM positions")
+    }
+    assert set(acknowledged) <= logged
+    opened = db_rows(
+        database_url, "SELECT count(*) AS n FROM events WHERE event_type = 'PositionOpened'"
+    )[0]["n"]
+    assert opened == len(logged)  # every event has its row: nothing is half-applied
+
+
+def db_rows(dsn: str, statement: str) -> list:
+    async def fetch() -> list:
+        connection = await asyncpg.connect(dsn)
+        try:
+            return await connection.fetch(statement)
+        finally:
+            await connection.close()
+
+    return asyncio.run(fetch())
