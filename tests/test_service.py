@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -87,11 +88,13 @@ def test_an_edited_migration_stops_the_service_with_the_reason(
 
 def start_service(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
+    # Its log goes to a file: a pipe nobody reads would fill, and the service would stop in a write.
+    log = tempfile.NamedTemporaryFile("w+", prefix="service-", suffix=".log")
     process = subprocess.Popen(
         [sys.executable, "-m", "api", "serve"],
         cwd=PROJECT_ROOT,
         env={**env, "PORT": str(port)},
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -104,7 +107,8 @@ def start_service(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
         except httpx.TransportError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                pytest.fail(f"service did not start:\n{process.stdout.read()}")
+                log.seek(0)
+                pytest.fail(f"service did not start:\n{log.read()}")
             time.sleep(0.1)
 
 
