@@ -23,6 +23,7 @@ from domain.errors import DomainError
 from eventstore import EventStore
 from projections.positions import project_positions
 
+from . import openapi
 from .access_log import AccessLogMiddleware
 from .auth import AuthError, AuthSettings, TokenVerifier
 from .config import Settings
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
             *audit.routes,
             *websocket.routes,
             *events_stream.routes,
+            *openapi.routes(),
         ],
         middleware=[
             Middleware(RequestContextMiddleware),
@@ -134,6 +136,7 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
         lifespan=lifespan,
     )
     app.state.verifier = verifier
+    app.state.openapi = openapi.document()
     return app
 
 
