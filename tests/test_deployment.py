@@ -1,0 +1,82 @@
+"""The deployment files: docker-compose parses them (no engine needed) and they say what we mean."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from api.config import PROJECT_ROOT
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        if IN_CI:
+            pytest.fail("docker-compose is not installed: .ci/run installs it")
+        pytest.skip("docker-compose is not installed (Debian: apt-get install docker-compose)")
+    result = subprocess.run(
+        [binary, "config"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "JWT_SECRET": "a-secret-for-parsing-the-file-only-0000"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_compose_runs_postgres_redis_two_instances_and_a_balancer(compose: dict) -> None:
+    services = compose["services"]
+    instances = [s for s in services.values() if s.get("image") == "position-service:latest"]
+
+    assert {"postgres", "redis", "balancer"} <= set(services)
+    assert len(instances) >= 2
+    for instance in instances:
+        env = instance["environment"]
+        assert (
+            env["DATABASE_URL"].startswith("postgresql://") and "@postgres:" in env["DATABASE_URL"]
+        )
+        assert env["REDIS_URL"] == "redis://redis:6379/0"
+        assert env["JWT_SECRET"]
+    assert services["balancer"]["ports"][0]["target"] == 80
+
+
+def test_the_balancer_passes_websocket_upgrades_to_every_instance(compose: dict) -> None:
+    config = (PROJECT_ROOT / "deploy" / "nginx.conf").read_text()
+    instances = [
+        n for n, s in compose["services"].items() if s.get("image") == "position-service:latest"
+    ]
+
+    assert re.search(r"proxy_set_header\s+Upgrade\s+\$http_upgrade;", config)
+    assert re.search(r"proxy_set_header\s+Connection\s+\$connection_upgrade;", config)
+    assert "proxy_http_version 1.1;" in config and "proxy_buffering off;" in config
+    assert set(re.findall(r"server\s+([\w-]+):8002", config)) == set(instances)
+
+
+def test_compose_refuses_to_start_without_a_jwt_secret() -> None:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "JWT_SECRET"}
+    result = subprocess.run(
+        [binary, "config"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0 and "JWT_SECRET" in result.stderr
+
+
+def test_the_image_runs_as_an_unprivileged_user_with_a_health_check() -> None:
+    dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
+
+    assert re.search(r"^FROM python:3\.\d+-slim", dockerfile, re.MULTILINE)
+    assert re.search(r"^USER (?!root)\w+", dockerfile, re.MULTILINE)
+    assert "HEALTHCHECK" in dockerfile and "/health/ready" in dockerfile
+    assert '"serve", "--production"' in dockerfile
