@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -98,6 +99,7 @@ def start_service(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    process.log_file = log  # type: ignore[attr-defined]
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -299,3 +301,60 @@ def db_rows(dsn: str, statement: str) -> list:
             await connection.close()
 
     return asyncio.run(fetch())
+
+
+def service_log(process: subprocess.Popen[str]) -> list[dict]:
+    log = process.log_file  # type: ignore[attr-defined]
+    log.seek(0)
+    return [json.loads(line) for line in log.read().splitlines() if line.startswith("{")]
+
+
+def test_each_request_is_one_json_line_with_its_correlation_id_and_no_secret(
+    database_url: str, data_dir: Path
+) -> None:
+    secret = "log-test-secret-long-enough-for-hs256!!"
+    process, base = start_service(
+        service_env(
+            DATABASE_URL=database_url, DATA_DIR=str(data_dir), JWT_SECRET=secret, SQL_ECHO="true"
+        )
+    )
+    bearer = mint_token(
+        secret_or_private_key=secret,
+        algorithm="HS256",
+        subject="trader",
+        role=Role.USER,
+        ttl=timedelta(minutes=5),
+    )
+    try:
+        created = httpx.post(
+            f"{base}/positions",
+            json={"symbol": "AAPL", "side": "long", "quantity": 1, "entry_price": 10},
+            headers={"Authorization": f"Bearer {bearer}", "X-Correlation-ID": "trace-42"},
+        )
+        socket_url = base.replace("http://", "ws://") + f"/ws/positions?token={bearer}"
+        with websockets.sync.client.connect(socket_url) as live:
+            live.recv(timeout=10)
+        time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(20)
+    lines = service_log(process)
+
+    assert created.status_code == 201
+    [access] = [
+        line
+        for line in lines
+        if line.get("correlation_id") == "trace-42" and line["logger"] == "api.access"
+    ]
+    assert access["method"] == "POST" and access["route"] == "/positions"
+    assert access["status"] == 201 and access["user"] == "trader" and access["duration_ms"] > 0
+    statements = [line for line in lines if line["logger"] == "api.sql"]
+    assert any(
+        "INSERT INTO events" in line["message"] and line["correlation_id"] == "trace-42"
+        for line in statements
+    )
+    everything = json.dumps(lines)
+    assert bearer not in everything and secret not in everything
+    assert "token=[redacted]" in everything
+    stored = db_rows(database_url, "SELECT metadata->>'correlation_id' AS c FROM events")
+    assert [row["c"] for row in stored] == ["trace-42"]
