@@ -238,13 +238,7 @@ def test_sigterm_during_a_burst_loses_nothing_acknowledged_and_says_going_away(
     process, base = start_service(
         service_env(DATABASE_URL=database_url, DATA_DIR=str(data_dir), JWT_SECRET=secret)
     )
-    bearer = mint_token(
-        secret_or_private_key=secret,
-        algorithm="HS256",
-        subject="trader",
-        role=Role.USER,
-        ttl=timedelta(minutes=5),
-    )
+    bearer = trader_token(secret)
     acknowledged: list[str] = []
     stop = threading.Event()
 
@@ -303,6 +297,16 @@ def db_rows(dsn: str, statement: str) -> list:
     return asyncio.run(fetch())
 
 
+def trader_token(secret: str) -> str:
+    return mint_token(
+        secret_or_private_key=secret,
+        algorithm="HS256",
+        subject="trader",
+        role=Role.USER,
+        ttl=timedelta(minutes=5),
+    )
+
+
 def service_log(process: subprocess.Popen[str]) -> list[dict]:
     log = process.log_file  # type: ignore[attr-defined]
     log.seek(0)
@@ -318,13 +322,7 @@ def test_each_request_is_one_json_line_with_its_correlation_id_and_no_secret(
             DATABASE_URL=database_url, DATA_DIR=str(data_dir), JWT_SECRET=secret, SQL_ECHO="true"
         )
     )
-    bearer = mint_token(
-        secret_or_private_key=secret,
-        algorithm="HS256",
-        subject="trader",
-        role=Role.USER,
-        ttl=timedelta(minutes=5),
-    )
+    bearer = trader_token(secret)
     try:
         created = httpx.post(
             f"{base}/positions",
