@@ -35,6 +35,7 @@ from .live import events_stream, websocket
 from .live.feed import Feed
 from .live.hub import Hub
 from .metrics import Metrics, note_recorded
+from .rate_limit import RateLimitMiddleware
 from .routes import audit, health, portfolio, positions
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
     settings = settings or Settings.from_env()
     verifier = TokenVerifier(auth or AuthSettings.from_env(settings.environment))
     metrics = Metrics()
+    redis = _redis_client(settings.redis_url)  # connects on first use, in the server's loop
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -72,7 +74,6 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
         # The positions read model is updated inside each append's transaction: a read after a
         # successful command always sees it.
         store = EventStore(pool, inline_projectors=[project_positions, note_recorded])
-        redis = _redis_client(settings.redis_url)
         hub = Hub(store, pool, settings.live_queue_limit)
         feed = Feed(hub, store, pool, redis, settings.redis_key_prefix)
         app.state.services = Services(
@@ -119,6 +120,14 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
         middleware=[
             Middleware(RequestContextMiddleware),
             Middleware(AccessLogMiddleware, metrics=metrics),
+            Middleware(
+                RateLimitMiddleware,
+                verifier=verifier,
+                rate=settings.rate_limit_per_second,
+                burst=settings.rate_limit_burst or max(1, int(2 * settings.rate_limit_per_second)),
+                redis=redis,
+                key_prefix=settings.redis_key_prefix,
+            ),
         ],
         exception_handlers={
             # Expected refusals. Anything else: a bare 500 from RequestContextMiddleware.

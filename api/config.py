@@ -31,6 +31,8 @@ class Settings:
     risk_stop_proximity_pct: Decimal
     idempotency_ttl_hours: int
     live_queue_limit: int
+    rate_limit_per_second: float
+    rate_limit_burst: int
     environment: dict[str, str] = field(repr=False)
     """All variables, for the parts that read their own (authentication)."""
 
@@ -52,6 +54,8 @@ class Settings:
             risk_stop_proximity_pct=_decimal(env, "RISK_STOP_PROXIMITY_PCT", Decimal(2)),
             idempotency_ttl_hours=_int(env, "IDEMPOTENCY_TTL_HOURS", 24),
             live_queue_limit=_int(env, "LIVE_QUEUE_LIMIT", 1000),
+            rate_limit_per_second=float(_decimal(env, "RATE_LIMIT_PER_SECOND", Decimal(0))),
+            rate_limit_burst=_int(env, "RATE_LIMIT_BURST", 0),
             environment=env,
         )
 
