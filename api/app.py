@@ -36,7 +36,8 @@ from .live.feed import Feed
 from .live.hub import Hub
 from .metrics import Metrics, note_recorded
 from .rate_limit import RateLimitMiddleware
-from .routes import audit, health, portfolio, positions
+from .revocation import Revocations
+from .routes import audit, health, portfolio, positions, tokens
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class Services:
     feed: Feed
     redis: aioredis.Redis | None
     metrics: Metrics
+    revocations: Revocations
     started_at: float
     stopping: asyncio.Event
     """Set when shutdown begins: /health/ready answers 503 so load balancers stop sending."""
@@ -76,6 +78,7 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
         store = EventStore(pool, inline_projectors=[project_positions, note_recorded])
         hub = Hub(store, pool, settings.live_queue_limit)
         feed = Feed(hub, store, pool, redis, settings.redis_key_prefix)
+        revocations = Revocations(pool, redis, settings.redis_key_prefix)
         app.state.services = Services(
             settings=settings,
             pool=pool,
@@ -85,14 +88,16 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
             feed=feed,
             redis=redis,
             metrics=metrics,
+            revocations=revocations,
             started_at=time.monotonic(),
             stopping=asyncio.Event(),
         )
         background = [
             asyncio.create_task(
-                _forget_expired_keys(pool, timedelta(hours=settings.idempotency_ttl_hours))
+                _housekeeping(pool, revocations, timedelta(hours=settings.idempotency_ttl_hours))
             ),
             asyncio.create_task(feed.run()),
+            asyncio.create_task(revocations.follow()),
         ]
         _go_away_first(asyncio.get_running_loop(), app.state.services)
         try:
@@ -113,6 +118,7 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
             *positions.routes,
             *portfolio.routes,
             *audit.routes,
+            *tokens.routes,
             *websocket.routes,
             *events_stream.routes,
             *openapi.routes(),
@@ -183,11 +189,13 @@ def _redis_client(url: str | None) -> aioredis.Redis | None:
     return aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
 
 
-async def _forget_expired_keys(pool: asyncpg.Pool, kept: timedelta) -> None:
-    """Every few minutes, drop Idempotency-Key answers older than IDEMPOTENCY_TTL_HOURS."""
+async def _housekeeping(pool: asyncpg.Pool, revocations: Revocations, kept: timedelta) -> None:
+    """Every few minutes, drop Idempotency-Key answers older than IDEMPOTENCY_TTL_HOURS and the
+    revocations of tokens that have expired anyway."""
     while True:
         try:
             await forget_expired(pool, kept)
+            await revocations.forget_expired()
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as error:
-            log.warning("could not drop expired idempotency keys: %s", error)
+            log.warning("housekeeping failed (will try again): %s", error)
         await asyncio.sleep(HOUSEKEEPING_INTERVAL)

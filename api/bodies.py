@@ -7,6 +7,7 @@ domain's own per-field rules run on every field that converted; all findings are
 from __future__ import annotations
 
 import functools
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 from uuid import UUID
@@ -57,6 +58,12 @@ class FillPositionBody(msgspec.Struct, kw_only=True):
 class IncreasePositionBody(msgspec.Struct, kw_only=True):
     quantity: Decimal
     price: Decimal
+
+
+class RevokeTokenBody(msgspec.Struct, kw_only=True):
+    jti: str
+    expires_at: datetime | None = None
+    """When the token expires (the revocation is kept until then); unknown: 30 days."""
 
 
 class BulkUpdateBody(msgspec.Struct, kw_only=True):

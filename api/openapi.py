@@ -26,6 +26,7 @@ from .bodies import (
     FillPositionBody,
     IncreasePositionBody,
     OpenPositionBody,
+    RevokeTokenBody,
 )
 from .json import JSONResponse
 
@@ -100,14 +101,19 @@ class Summary(Figures):
     calculated_at: datetime
 
 
+class Revoked(msgspec.Struct):
+    jti: str
+    revoked_until: datetime
+
+
 class Health(msgspec.Struct):
     status: str
 
 
 _REQUESTS = [OpenPositionBody, AmendPositionBody, FillPositionBody, IncreasePositionBody]
-_REQUESTS += [BulkUpdateBody]
+_REQUESTS += [BulkUpdateBody, RevokeTokenBody]
 _ANSWERS = [PositionView, Error, BulkAnswer, PricesAnswer, HistoryEntry, AuditPage, Summary]
-_ANSWERS += [Health]
+_ANSWERS += [Health, Revoked]
 
 _DECIMAL = {"type": "string", "format": "decimal"}
 _DECIMAL_IN = {"anyOf": [{"type": "number"}, {"type": "string", "pattern": r"^-?\d+(\.\d+)?$"}]}
@@ -337,6 +343,17 @@ _OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "summary": "The figures of DOMAIN.md over the caller's positions (or the book)",
             "parameters": [_query("owner", {"type": "string"}, "admin and service"), *_AS_OF],
             "responses": {"200": _json("Summary", "the figures"), **_errors(401, 403, 422)},
+        }
+    },
+    "/auth/revoke": {
+        "post": {
+            "summary": "Admin: refuse a token id (jti) on every instance from now on",
+            "requestBody": {"required": True, **_json("RevokeTokenBody", "the token id")},
+            "responses": {
+                "200": _json("Revoked", "revoked"),
+                **_errors(401, 403, 413, 422),
+                "503": _json("Error", "the revocation list cannot be reached"),
+            },
         }
     },
     "/events/stream": {

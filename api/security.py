@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import HTTPConnection
 
-from .auth import Principal, Role, TokenVerifier
+from .auth import AuthError, Principal, Role, TokenVerifier
 from .errors import ApiError
 
 READERS_OF_EVERYTHING = {Role.ADMIN, Role.SERVICE}
@@ -15,8 +15,15 @@ PRICE_WRITERS = {Role.ADMIN, Role.SERVICE}
 def authenticate(connection: HTTPConnection) -> Principal:
     verifier: TokenVerifier = connection.app.state.verifier
     principal = verifier.principal_from_header(connection.headers.get("authorization"))
+    refuse_if_revoked(connection, principal)
     connection.scope["state"]["principal"] = principal
     return principal
+
+
+def refuse_if_revoked(connection: HTTPConnection, principal: Principal) -> None:
+    """A valid signature is not enough once an administrator has revoked the token's id."""
+    if connection.app.state.services.revocations.is_revoked(principal.token_id):
+        raise AuthError("token revoked")
 
 
 def require(principal: Principal, roles: set[Role]) -> None:

@@ -19,7 +19,7 @@ from projections import queries
 
 from .. import json
 from ..auth import AuthError
-from ..security import READERS_OF_EVERYTHING
+from ..security import READERS_OF_EVERYTHING, refuse_if_revoked
 from .hub import HubClosed, Subscriber, TooSlow
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ async def positions_socket(websocket: WebSocket) -> None:
     await websocket.accept()
     try:
         principal = websocket.app.state.verifier.verify(websocket.query_params.get("token", ""))
+        refuse_if_revoked(websocket, principal)
     except AuthError as error:
         await websocket.close(4401, error.reason)
         return

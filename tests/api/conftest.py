@@ -90,10 +90,19 @@ def service_url(api_database: str) -> Iterator[str]:
 
 
 def token(
-    subject: str, role: Role | str = Role.USER, *, ttl: timedelta = timedelta(hours=1)
+    subject: str,
+    role: Role | str = Role.USER,
+    *,
+    ttl: timedelta = timedelta(hours=1),
+    token_id: str | None = None,
 ) -> str:
     return mint_token(
-        secret_or_private_key=SECRET, algorithm="HS256", subject=subject, role=Role(role), ttl=ttl
+        secret_or_private_key=SECRET,
+        algorithm="HS256",
+        subject=subject,
+        role=Role(role),
+        ttl=ttl,
+        token_id=token_id,
     )
 
 
