@@ -29,7 +29,7 @@ from .auth import AuthError, AuthSettings, TokenVerifier
 from .config import Settings
 from .context import RequestContextMiddleware
 from .database import apply_migrations, create_pool, resolve_database_url
-from .errors import ApiError, handle_error
+from .errors import DATABASE_OUTAGES, ApiError, handle_error
 from .idempotency import forget_expired
 from .live import events_stream, websocket
 from .live.feed import Feed
@@ -146,6 +146,7 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
                 StalePosition,
                 TooMuchContention,
                 AtomicFailure,
+                *DATABASE_OUTAGES,  # 503: inside the access log, which records the answer given
             )
         },
         lifespan=lifespan,

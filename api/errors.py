@@ -10,6 +10,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
@@ -96,7 +97,26 @@ def as_api_error(error: Exception) -> ApiError | None:
             return ApiError(401, error.reason, headers={"WWW-Authenticate": "Bearer"})
         case HTTPException():
             return ApiError(error.status_code, error.detail, headers=error.headers)
+    if database_unreachable(error):
+        log.warning("database unreachable: %s", error)
+        return ApiError(503, "the database is unreachable; try again", headers={"Retry-After": "1"})
     return None
+
+
+DATABASE_OUTAGES = (
+    OSError,  # refused, reset, unreachable
+    asyncpg.PostgresConnectionError,  # the connection is gone
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, crashed
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.InterfaceError,  # only "connection is closed": see below
+)
+
+
+def database_unreachable(error: Exception) -> bool:
+    """The database cannot be reached now; the request can be tried again."""
+    if isinstance(error, asyncpg.InterfaceError):
+        return "closed" in str(error)  # other InterfaceErrors are misuse, not outage
+    return isinstance(error, DATABASE_OUTAGES)
 
 
 def error_response(request: Request, error: Exception) -> Response:
