@@ -14,6 +14,10 @@ from datetime import timedelta
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -42,6 +46,7 @@ from .routes import audit, health, portfolio, positions, tokens
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 600  # seconds
+SHUTDOWN_WAIT_SECONDS = 5.0
 GOING_AWAY_SECONDS = 0.25
 """Time the live connections get to close with 1001 before uvicorn closes what is left."""
 
@@ -106,7 +111,8 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
             hub.close()
             for task in background:
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            # Bounded: a task that swallowed its cancellation must not hold the shutdown up.
+            await asyncio.wait(background, timeout=SHUTDOWN_WAIT_SECONDS)
             if redis is not None:
                 await redis.aclose()
             await store.close()
@@ -186,8 +192,15 @@ def _redis_client(url: str | None) -> aioredis.Redis | None:
     """Carries live traffic between instances; without it each instance follows the log."""
     if url is None:
         return None
-    # XREAD blocks for a second at a time: the read timeout must be longer.
-    return aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    # XREAD blocks for a second at a time: the read timeout must be longer. A pooled connection
+    # that Redis closed (a restart) is retried on a fresh one rather than failing the command.
+    return aioredis.Redis.from_url(
+        url,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
 
 
 async def _housekeeping(pool: asyncpg.Pool, revocations: Revocations, kept: timedelta) -> None:

@@ -9,6 +9,7 @@ from eventstore import EventStore, Position, UnknownPosition
 from .errors import ApiError
 from .query import QueryParams
 
+SETTLE_SECONDS = 5.0
 AS_OF_HEADER = "X-As-Of-Position"
 """On a historical answer: the last event position it reflects."""
 
@@ -24,9 +25,27 @@ def requested_point(query: QueryParams) -> datetime | int | None:
 
 async def log_position(point: datetime | int, store: EventStore) -> Position:
     if isinstance(point, datetime):
+        await settled(store)
         return await store.position_at(point)
     try:
-        return await store.position_of(point)
+        position = await store.position_of(point)
     except UnknownPosition:
         problem = {"loc": ["query", "at"], "msg": "no event has this position"}
         raise ApiError(422, "validation failed", [problem]) from None
+    await settled(store, position)
+    return position
+
+
+async def settled(store: EventStore, position: Position | None = None) -> None:
+    """Wait until the log is final up to `position` (default: all committed before the call).
+
+    Past states and audit pages are read from final events only, so that no late commit can
+    change them afterwards; a transaction still open delays them, by this much at most.
+    """
+    target = position or await store.newest()
+    if not await store.wait_until_final(target, SETTLE_SECONDS):
+        raise ApiError(
+            503,
+            "the log is not final that far yet (a transaction is still open); try again",
+            headers={"Retry-After": "1"},
+        )

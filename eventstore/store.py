@@ -416,6 +416,20 @@ class EventStore:
         row = await self._pool.fetchrow(_NEWEST)
         return Position(row["tx_id"], row["global_position"]) if row else START
 
+    async def wait_until_final(self, position: Position, timeout: float) -> bool:
+        """Wait until readers can reach `position` (every older transaction has ended).
+
+        False if that takes longer than `timeout` seconds.
+        """
+        retry = _Backoff(first=0.002, limit=0.05)
+        try:
+            async with asyncio.timeout(timeout):
+                while await self.head() < position:
+                    await asyncio.sleep(retry.next())
+        except TimeoutError:
+            return False
+        return True
+
     async def count_after(self, after: Position) -> int:
         """How many committed events lie after `after`: how far behind a reader there is."""
         return await self._pool.fetchval(
@@ -486,8 +500,11 @@ class _Backoff:
 
 
 async def _wait(wake: asyncio.Event, timeout: float) -> None:
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+    # arrives as the wait ends, and a subscriber must always stop when cancelled.
     try:
-        await asyncio.wait_for(wake.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await wake.wait()
     except TimeoutError:
         pass
 

@@ -71,17 +71,26 @@ class Feed:
         self.redis_reachable: bool | None = None if redis is None else True
 
     async def run(self) -> None:
-        """Feed the hub until cancelled, from the log's head as it is now."""
+        """Feed the hub until cancelled, from the log's head as it is now.
+
+        With Redis, relaying (while this instance holds the lease) and reading the stream are two
+        tasks that each handle their own failures: neither waits on the other to stop.
+        """
         self._hub.cursor = await self._store.head()
-        while True:
-            try:
-                if self._redis is None:
-                    await self._follow_log()
-                else:
-                    await self._follow_redis()
-            except Exception:  # the database went away, most likely: resume where the hub is
-                log.exception("live feed interrupted; resuming from position %s", self._hub.cursor)
-                await asyncio.sleep(RETRY_SECONDS)
+        relay = None if self._redis is None else asyncio.create_task(self._relay_forever())
+        try:
+            while True:
+                try:
+                    if self._redis is None:
+                        await self._follow_log()
+                    else:
+                        await self._follow_redis()
+                except Exception:  # the database went away, most likely: resume from the hub
+                    log.exception("live feed interrupted; resuming from %s", self._hub.cursor)
+                    await asyncio.sleep(RETRY_SECONDS)
+        finally:
+            if relay is not None:
+                relay.cancel()
 
     # -- from the log ------------------------------------------------------------------------
 
@@ -106,15 +115,10 @@ class Feed:
     # -- through Redis -----------------------------------------------------------------------
 
     async def _follow_redis(self) -> None:
-        failed = False
         try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._relay_when_leading())
-                tasks.create_task(self._consume())
-        except* (RedisError, OSError) as failure:
-            log.warning("Redis unreachable (%s): following the log directly", failure.exceptions[0])
-            failed = True
-        if failed:
+            await self._consume()
+        except (RedisError, OSError) as error:
+            log.warning("Redis unreachable (%s): following the log directly", error)
             self.redis_reachable = False
             await self._follow_log_until_redis_returns()
             self.redis_reachable = True
@@ -155,22 +159,34 @@ class Feed:
         if change is not None and change.cursor > self._hub.cursor:
             self._hub.publish(change)
 
-    async def _relay_when_leading(self) -> None:
-        assert self._redis is not None
+    async def _relay_forever(self) -> None:
         while True:
-            lease = self._redis.lock(self._lease_key, timeout=LEASE_SECONDS, blocking=False)
-            if await lease.acquire():
-                try:
-                    await self._relay(lease)
-                except* LockError:
-                    log.info("live relay lease lost; another instance relays now")
-                finally:
-                    with suppress(LockError, RedisError):
-                        await lease.release()
+            try:
+                await self._relay_while_leading()
+            except (RedisError, OSError, LockError) as error:
+                log.info("live relay paused: %s", error)
+            except Exception:  # the database, most likely: another instance may relay meanwhile
+                log.exception("live relay interrupted")
             await asyncio.sleep(LEASE_SECONDS / 3)
 
+    async def _relay_while_leading(self) -> None:
+        assert self._redis is not None
+        lease = self._redis.lock(self._lease_key, timeout=LEASE_SECONDS, blocking=False)
+        if not await lease.acquire():
+            return
+        try:
+            await self._relay(lease)
+        finally:
+            with suppress(LockError, RedisError, OSError):
+                await lease.release()
+
     async def _relay(self, lease: aioredis.lock.Lock) -> None:
-        """Follow the log into the Redis stream while this instance holds the lease."""
+        """Follow the log into the Redis stream while this instance holds the lease.
+
+        The lease is renewed (and a heartbeat sent) beside the relay; once that fails, the relay
+        stops at its next event. Until then another relay may have taken over: a change sent by
+        both reaches each instance once, as instances skip what they have.
+        """
         assert self._redis is not None
         newest = await self._redis.xrevrange(self._stream, count=1)
         if newest:  # go on from where the chain ends, so that no instance needs the log
@@ -178,19 +194,21 @@ class Feed:
             relayed = _Relayed(link.prev if link.change is None else link.change.cursor)
         else:
             relayed = _Relayed(await self._store.head())
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._renew_and_beat(lease, relayed))
-            tasks.create_task(self._relay_log(relayed))
-
-    async def _relay_log(self, relayed: _Relayed) -> None:
-        assert self._redis is not None
-        view = LiveView(self._store, self._pool)
-        async with aclosing(self._store.subscribe(relayed.prev)) as events:
-            async for event in events:
-                for update in await view.updates([event]):
-                    change = render(update)
-                    await self._xadd(Link(relayed.prev, change))
-                    relayed.prev = change.cursor
+        renewal = asyncio.create_task(self._renew_and_beat(lease, relayed))
+        try:
+            view = LiveView(self._store, self._pool)
+            async with aclosing(self._store.subscribe(relayed.prev)) as events:
+                async for event in events:
+                    if renewal.done():
+                        break
+                    for update in await view.updates([event]):
+                        change = render(update)
+                        await self._xadd(Link(relayed.prev, change))
+                        relayed.prev = change.cursor
+        finally:
+            renewal.cancel()
+        if renewal.done() and not renewal.cancelled() and (failure := renewal.exception()):
+            raise failure
 
     async def _renew_and_beat(self, lease: aioredis.lock.Lock, relayed: _Relayed) -> None:
         while True:

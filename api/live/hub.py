@@ -75,7 +75,8 @@ class Subscriber:
         while not self._queue and self.failure is None:
             self._ready.clear()
             try:
-                await asyncio.wait_for(self._ready.wait(), idle)
+                async with asyncio.timeout(idle):  # not wait_for: see eventstore/store.py _wait
+                    await self._ready.wait()
             except TimeoutError:
                 return None
         if self.failure is not None:

@@ -134,7 +134,8 @@ async def _initial_data(services: Any, owner: str | None) -> tuple[LogSnapshot, 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
     try:
-        await asyncio.wait_for(websocket.close(code, reason), CLOSE_SECONDS)
+        async with asyncio.timeout(CLOSE_SECONDS):
+            await websocket.close(code, reason)
     except (TimeoutError, WebSocketDisconnect, RuntimeError):
         # The client stopped reading: the close frame cannot reach it. Drop the connection
         # rather than keep its buffers: uvicorn's own close waits for the buffer to drain.

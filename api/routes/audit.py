@@ -16,6 +16,7 @@ from domain.streams import position_stream
 from eventstore import Position, RecordedEvent
 from projections import audit
 
+from ..as_of import settled
 from ..auth import Role
 from ..errors import ApiError
 from ..json import JSONResponse
@@ -83,6 +84,7 @@ async def audit_events(request: Request) -> Response:
     cursor = _cursor(query, "cursor")
     query.done()
     services = request.app.state.services
+    await settled(services.store)
     # One more than asked: whether there is a next page.
     events = await audit.search(
         services.pool, services.store, criteria, after=cursor, limit=limit + 1

@@ -30,7 +30,8 @@ LAG_DEGRADED = 1000
 async def _timed(probe: Any) -> dict[str, Any]:
     started = time.perf_counter()
     try:
-        await asyncio.wait_for(probe, PROBE_SECONDS)
+        async with asyncio.timeout(PROBE_SECONDS):
+            await probe
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError):
         return {"reachable": False}
     return {"reachable": True, "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
@@ -38,9 +39,8 @@ async def _timed(probe: Any) -> dict[str, Any]:
 
 async def _live_feed_lag(services: Any) -> int | None:
     try:
-        return await asyncio.wait_for(
-            services.store.count_after(services.hub.cursor), PROBE_SECONDS
-        )
+        async with asyncio.timeout(PROBE_SECONDS):
+            return await services.store.count_after(services.hub.cursor)
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         return None
 

@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -43,7 +44,7 @@ from api.live.feed import Link
 from .conftest import SECRET, free_port, running_service, token
 from .support import fresh_symbol
 
-DELIVERY_SECONDS = 20.0
+DELIVERY_SECONDS = 10.0
 """How long the clients may take to receive what was committed (failovers included)."""
 QUIET_SECONDS = 0.3
 """After the last expected event: time for a duplicate or a stray event to show up."""
@@ -270,28 +271,33 @@ async def open_events(
     return events
 
 
-# -- waiting -----------------------------------------------------------------------------------------
+# -- waiting ---------------------------------------------------------------------------------------
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+async def until(
+    condition: Callable[[], bool], what: str, timeout: float = 10.0, fail: bool = True
+) -> None:
+    """Until `condition` holds; after `timeout` seconds the test fails (or, fail=False, goes on)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not condition():
         if loop.time() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+            if fail:
+                pytest.fail(f"timed out after {timeout} s waiting for {what}")
+            return
         await asyncio.sleep(0.02)
 
 
-async def delivered(readers: Sequence[Reader], log: Sequence[Logged]) -> None:
+async def delivered(
+    readers: Sequence[Reader], log: Sequence[Logged], timeout: float = DELIVERY_SECONDS
+) -> None:
     """Until every reader has as many events as it is owed (or the time is up), and a moment more.
 
     Returns either way: the caller compares the exact sequences, which says what went wrong.
     """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + DELIVERY_SECONDS
-    while loop.time() < deadline and any(
-        len(r.positions) < len(r.expected(log)) for r in readers
-    ):
+    deadline = loop.time() + timeout
+    while loop.time() < deadline and any(len(r.positions) < len(r.expected(log)) for r in readers):
         await asyncio.sleep(0.02)
     await asyncio.sleep(QUIET_SECONDS)
 
@@ -321,15 +327,24 @@ def instance_env(
     return env
 
 
+STOP_SECONDS = 5.0
+"""How long an instance may take to stop before the test goes on without waiting for it."""
+
+
 @asynccontextmanager
 async def instance(env: dict[str, str]) -> AsyncIterator[str]:
-    """`running_service`, started and stopped in a thread: the test's clients go on meanwhile."""
+    """`running_service`, started and stopped in a thread: the test's clients go on meanwhile.
+
+    An instance that does not stop within STOP_SECONDS is left to finish (or hang) on its own.
+    """
     service = running_service(env)
     base = await asyncio.to_thread(service.__enter__)
     try:
         yield base
     finally:
-        await asyncio.to_thread(service.__exit__, None, None, None)
+        stopping = threading.Thread(target=service.__exit__, args=(None, None, None), daemon=True)
+        stopping.start()
+        await until(lambda: not stopping.is_alive(), "", STOP_SECONDS, fail=False)
 
 
 @contextmanager
@@ -456,6 +471,28 @@ async def until_relayed_by_new_holder(
     return holder
 
 
+async def until_relay_reaches(
+    redis_url: str, prefix: str, position: int, timeout: float = 15.0
+) -> None:
+    """Until the relay says, in the Redis stream, that it has relayed the log up to `position`."""
+    client = aioredis.Redis.from_url(redis_url)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        while True:
+            newest = await client.xrevrange(f"{prefix}:live", count=1)
+            if newest:
+                link = msgspec.msgpack.decode(newest[0][1][b"link"], type=Link)
+                at = link.prev if link.change is None else link.change.cursor
+                if at.global_position == position:
+                    return
+            if loop.time() > deadline:
+                pytest.fail(f"the relay did not reach position {position} in {timeout} s")
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+
+
 async def relayed(redis_url: str, prefix: str) -> list[int]:
     """The positions of the changes in the Redis stream, in stream order (heartbeats left out)."""
     client = aioredis.Redis.from_url(redis_url)
@@ -487,11 +524,12 @@ class Workload:
         self.done = 0
         self._count = 0
         self._clients: dict[tuple[str, str], httpx.AsyncClient] = {}
-        self._mine: list[str] = []
-        self._theirs: dict[str, float] = {}
+        self._left: dict[str, int] = {}
+        """The quantity still open of each of the second user's positions."""
         self.position_ids: dict[str, list[str]] = {user: [] for user in self.users}
+        """Each user's positions, in the order they were opened."""
 
-    async def _http(self, base: str, subject: str, role: Role) -> httpx.AsyncClient:
+    def _http(self, base: str, subject: str, role: Role) -> httpx.AsyncClient:
         client = self._clients.get((base, subject))
         if client is None:
             client = httpx.AsyncClient(
@@ -521,33 +559,33 @@ class Workload:
         kind = i % 5
         first, second = self.users
         if kind == 0:
-            http = await self._http(base, first, Role.USER)
+            http = self._http(base, first, Role.USER)
             response = await http.post("/positions", json=self._opening(self.symbols[0]))
             assert response.status_code == 201, response.text
-            self._mine.append(response.json()["id"])
             self.position_ids[first].append(response.json()["id"])
         elif kind == 1:
-            http = await self._http(base, self.admin, Role.ADMIN)
+            http = self._http(base, self.admin, Role.ADMIN)
             body = {**self._opening(self.symbols[1]), "owner": second}
             response = await http.post("/positions", json=body)
             assert response.status_code == 201, response.text
-            self._theirs[response.json()["id"]] = 10
+            self._left[response.json()["id"]] = 10
             self.position_ids[second].append(response.json()["id"])
         elif kind == 2:
-            http = await self._http(base, self.service, Role.SERVICE)
+            http = self._http(base, self.service, Role.SERVICE)
             prices = {self.symbols[0]: 100 + i, self.symbols[1]: 50 + i}
             response = await http.post("/positions/update-prices", json=prices)
             assert response.status_code == 200, response.text
         elif kind == 3:
-            http = await self._http(base, first, Role.USER)
-            body = {"position_ids": list(self._mine), "updates": {"notes": f"n{i}"}, "atomic": True}
+            http = self._http(base, first, Role.USER)
+            mine = list(self.position_ids[first])
+            body = {"position_ids": mine, "updates": {"notes": f"n{i}"}, "atomic": True}
             response = await http.post("/positions/bulk-update", json=body)
             assert response.status_code == 200, response.text
-            assert len(response.json()["updated"]) == len(self._mine), response.text
+            assert len(response.json()["updated"]) == len(mine), response.text
         else:
-            http = await self._http(base, second, Role.USER)
-            position_id = next(p for p, left in self._theirs.items() if left > 0)
-            self._theirs[position_id] -= 5
+            http = self._http(base, second, Role.USER)
+            position_id = next(p for p, left in self._left.items() if left > 0)
+            self._left[position_id] -= 5
             response = await http.post(
                 f"/positions/{position_id}/close", params={"quantity": 5, "exit_price": 60 + i}
             )
@@ -563,7 +601,7 @@ def is_market(event: Logged) -> bool:
     return event.owner is None
 
 
-# -- the tests ---------------------------------------------------------------------------------
+# -- the tests -------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("through_redis", [False, True], ids=["each-follows-the-log", "redis"])
@@ -647,8 +685,8 @@ async def test_a_redis_restart_mid_stream_loses_no_event_and_repeats_none(
             ]
 
             # Redis goes away in the middle of a burst of commands through both instances.
-            burst = asyncio.create_task(work.run(30, [a, b], pause=0.05))
-            await until(lambda: work.done >= 10, "the first commands of the burst")
+            burst = asyncio.create_task(work.run(20, [a, b], pause=0.05))
+            await until(lambda: work.done >= 8, "the first commands of the burst")
             server.kill()
             await burst
             # Without Redis, each instance follows the log itself: nothing waits for Redis.
@@ -657,17 +695,177 @@ async def test_a_redis_restart_mid_stream_loses_no_event_and_repeats_none(
             assert_exactly_owed(readers, log)
 
             # Redis comes back, empty, on the same port in the middle of another burst.
-            burst = asyncio.create_task(work.run(30, [a, b], pause=0.05))
-            await until(lambda: work.done >= 40, "the first commands of the second burst")
+            burst = asyncio.create_task(work.run(20, [a, b], pause=0.05))
+            await until(lambda: work.done >= 28, "the first commands of the second burst")
             await asyncio.to_thread(server.start)
             await burst
-            await until_relayed_by_new_holder(server.url, redis_prefix)
+            log = await read_log(database_url)
+            await until_relay_reaches(server.url, redis_prefix, log[-1].position)
             await work.run(10, [a, b])
 
+            before = len(log)
             log = await read_log(database_url)
-            await delivered(readers, log)
+            await delivered(readers, log, timeout=5)  # the relay is there: no failover to wait for
             assert_exactly_owed(readers, log)
             # The instances went back to Redis: the last changes came through it.
-            assert log[-1].position in await relayed(server.url, redis_prefix)
+            last = [e.position for e in log[before:]]
+            assert [p for p in await relayed(server.url, redis_prefix) if p in last] == last
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("how", ["stopped", "killed-and-its-stream-lost"])
+async def test_when_the_relaying_instance_goes_away_another_relays_and_nothing_is_lost(
+    database_url: str, redis_url: str, redis_prefix: str, how: str, tmp_path: Path
+) -> None:
+    env = instance_env(database_url, redis_url, redis_prefix)
+    async with AsyncExitStack() as stack:
+        # A starts alone, so the lease is A's: A is the relay.
+        relay = AsyncExitStack()
+        stack.push_async_callback(relay.aclose)
+        if how == "stopped":
+            a = await relay.enter_async_context(instance(env))
+            go_away = relay.aclose
+        else:
+            a, process = relay.enter_context(instance_process(env, tmp_path))
+
+            async def go_away() -> None:
+                process.kill()
+                await asyncio.to_thread(process.wait, 10)
+
+        former = await until_relayed_by_new_holder(redis_url, redis_prefix)
+        b = await stack.enter_async_context(instance(env))
+        work = Workload(stack)
+        first, second = work.users
+        on_a = await open_socket(stack, "admin@A", a, work.admin, Role.ADMIN)
+        readers: list[Reader] = [
+            await open_socket(stack, "admin@B", b, work.admin, Role.ADMIN),
+            await open_socket(stack, "first@B", b, first, Role.USER),
+            await open_socket(stack, "second@B", b, second, Role.USER),
+            await open_events(stack, "service-sse@B", b, work.service, Role.SERVICE, after=0),
+        ]
+        await work.run(10, [a, b])
+
+        # A goes away in the middle of a burst through B, that goes on through the failover.
+        burst = asyncio.create_task(work.run(30, [b], pause=0.1))
+        await until(lambda: work.done >= 16, "the first commands of the burst")
+        await go_away()
+        if how == "killed-and-its-stream-lost":
+            # Redis loses what A relayed, too (a failover to a replica that lagged): the next
+            # relay starts at the log's head, and every instance reads what it missed from the log.
+            client = aioredis.Redis.from_url(redis_url)
+            try:
+                await client.delete(f"{redis_prefix}:live")
+            finally:
+                await client.aclose()
+        await until_relayed_by_new_holder(redis_url, redis_prefix, former)
+        await burst
+        await work.run(10, [b])
+
+        log = await read_log(database_url)
+        await delivered(readers, log)
+        assert_exactly_owed(readers, log)
+        # The socket on A got, until A went away, what it was owed, once each and in order.
+        await until(lambda: on_a.ended, "the socket on A to close")
+        assert on_a.positions == on_a.expected(log)[: len(on_a.positions)]
+
+
+@pytest.mark.parametrize("through_redis", [False, True], ids=["each-follows-the-log", "redis"])
+async def test_a_client_resumes_on_the_other_instance_exactly_where_it_left_off(
+    database_url: str, redis_url: str, redis_prefix: str, through_redis: bool
+) -> None:
+    env = instance_env(database_url, redis_url if through_redis else None, redis_prefix)
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(instance(env))
+        b = await stack.enter_async_context(instance(env))
+        if through_redis:
+            await until_relayed_by_new_holder(redis_url, redis_prefix)
+        work = Workload(stack)
+        first = work.users[0]
+        # On A: clients that read a while, then leave.
+        admin_a = await open_socket(stack, "admin@A", a, work.admin, Role.ADMIN)
+        first_a = await open_socket(stack, "first@A", a, first, Role.USER)
+        service_a = await open_events(
+            stack, "service-sse@A", a, work.service, Role.SERVICE, after=0
+        )
+        await work.run(20, [a, b])
+        log = await read_log(database_url)
+        await delivered([admin_a, first_a, service_a], log)
+        assert_exactly_owed([admin_a, first_a, service_a], log)
+        for reader in (admin_a, first_a, service_a):
+            await reader.close()
+        # Where each left off: the last event it had, or, as if it had read no further, one from
+        # the middle of what it had.
+        admin_seen = admin_a.positions[-1]
+        first_cut = len(first_a.positions) // 2
+        first_seen = first_a.positions[first_cut]
+        header_cut = len(service_a.positions) // 3
+        header_seen = service_a.positions[header_cut]
+        query_seen = service_a.positions[-1]
+
+        await work.run(10, [a, b])  # while they are away
+        readers: list[Reader] = [
+            await open_socket(stack, "admin@B", b, work.admin, Role.ADMIN, after=admin_seen),
+            await open_socket(stack, "first@B", b, first, Role.USER, after=first_seen),
+            await open_events(
+                stack,
+                "service-sse@B (Last-Event-ID)",
+                b,
+                work.service,
+                Role.SERVICE,
+                after=header_seen,
+                resume_header=True,
+            ),
+            await open_events(
+                stack, "service-sse@B (after)", b, work.service, Role.SERVICE, after=query_seen
+            ),
+        ]
+        await work.run(10, [a, b])  # and once they are back
+
+        log = await read_log(database_url)
+        await delivered(readers, log)
+        assert_exactly_owed(readers, log)
+        # What A had sent after the resume point, B sends again, message for message.
+        _, first_b, header_b, _ = readers
+        assert isinstance(first_b, LiveSocket) and isinstance(header_b, LiveEvents)
+        again = first_a.events[first_cut + 1 :]
+        assert again and first_b.events[: len(again)] == again
+        again_events = service_a.events[header_cut + 1 :]
+        assert again_events and header_b.events[: len(again_events)] == again_events
+
+
+@pytest.mark.parametrize("through_redis", [False, True], ids=["each-follows-the-log", "redis"])
+async def test_a_user_on_one_instance_sees_only_its_own_positions_made_through_the_other(
+    database_url: str, redis_url: str, redis_prefix: str, through_redis: bool
+) -> None:
+    env = instance_env(database_url, redis_url if through_redis else None, redis_prefix)
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(instance(env))
+        b = await stack.enter_async_context(instance(env))
+        if through_redis:
+            await until_relayed_by_new_holder(redis_url, redis_prefix)
+        work = Workload(stack)
+        first, second = work.users
+        first_ws = await open_socket(stack, "first@B", b, first, Role.USER)
+        second_ws = await open_socket(stack, "second@B", b, second, Role.USER)
+        first_sse = await open_events(stack, "first-sse@B", b, first, Role.USER, after=0)
+        admin_sse = await open_events(stack, "admin-sse@B", b, work.admin, Role.ADMIN, after=0)
+        readers: list[Reader] = [first_ws, second_ws, first_sse, admin_sse]
+
+        await work.run(25, [a])  # every command through A
+
+        log = await read_log(database_url)
+        await delivered(readers, log)
+        assert_exactly_owed(readers, log)
+        # Each user got its own positions and every price update, nothing of the other's.
+        mine = set(work.position_ids[first])
+        theirs = set(work.position_ids[second])
+        assert mine and theirs
+        prices = [e.position for e in log if is_market(e)]
+        assert prices
+        for socket, own, other in ((first_ws, mine, theirs), (second_ws, theirs, mine)):
+            assert [m["position"] for m in socket.events if m["type"] == "price_update"] == prices
+            shown = {m["data"]["id"] for m in socket.events if "data" in m}
+            assert shown == own
+            assert not any(position_id in json.dumps(socket.messages) for position_id in other)
+        assert {e["data"]["position_id"] for e in first_sse.events} - {None} == mine
