@@ -25,6 +25,8 @@ from .config import ConfigError
 ALGORITHMS = ("HS256", "RS256", "ES256")
 MIN_SECRET_BYTES = 32  # RFC 7518 §3.2: an HS256 key at least as long as the hash output
 MIN_RSA_BITS = 2048  # NIST SP 800-131A; also pyjwt's own warning threshold
+MAX_SUBJECT_LENGTH = 255
+"""A subject is stored as an owner and an actor: no NUL (PostgreSQL text cannot hold it)."""
 MAX_TOKEN_BYTES = 8 * 1024  # refuse before any base64/JSON work on attacker-sized input
 
 
@@ -214,6 +216,8 @@ def _principal(claims: dict[str, Any]) -> Principal:
     subject = claims["sub"]
     if not isinstance(subject, str) or not subject.strip():
         raise AuthError("token subject must be a non-empty string")
+    if "\x00" in subject or len(subject) > MAX_SUBJECT_LENGTH:
+        raise AuthError("malformed token subject")
     role = claims.get("role", Role.USER.value)
     if not isinstance(role, str) or role not in _ROLES:
         raise AuthError("unknown role")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -22,6 +22,8 @@ from . import json
 from .errors import ApiError, field_errors
 
 MAX_BODY_BYTES = 1 << 20
+NUL_MESSAGE = "must not contain the NUL character"
+"""PostgreSQL text cannot hold U+0000: such a value is refused, never truncated."""
 MAX_BATCH = 1000
 
 Body = TypeVar("Body", bound=msgspec.Struct)
@@ -62,7 +64,7 @@ class IncreasePositionBody(msgspec.Struct, kw_only=True):
 
 class RevokeTokenBody(msgspec.Struct, kw_only=True):
     jti: str
-    expires_at: datetime | None = None
+    expires_at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
     """When the token expires (the revocation is kept until then); unknown: 30 days."""
 
 
@@ -96,6 +98,10 @@ async def parse(request: Request, kind: type[Body], *, empty_allowed: bool = Fal
 def decode_object(raw: bytes) -> dict[str, Any]:
     try:
         data = json.decode(raw)
+    except UnicodeDecodeError:
+        raise ApiError(
+            422, "the body is not valid JSON", [{"loc": ["body"], "msg": "must be UTF-8"}]
+        ) from None
     except (msgspec.DecodeError, RecursionError) as error:
         raise ApiError(
             422, "the body is not valid JSON", [{"loc": ["body"], "msg": str(error)}]
@@ -122,9 +128,12 @@ def parse_object(data: dict[str, Any], kind: type[Body], location: str = "body")
                 errors.append({"loc": [location, name], "msg": "field required"})
             continue
         try:
-            values[field.name] = msgspec.convert(data[name], field.type, strict=False)
+            values[field.name] = msgspec.convert(data[name], field.type)
         except msgspec.ValidationError as error:
             errors.append({"loc": [location, name], "msg": _message(error)})
+            continue
+        if isinstance(values[field.name], str) and "\x00" in values[field.name]:
+            errors.append({"loc": [location, name], "msg": NUL_MESSAGE})
     rule_errors = check_fields(values)
     broken = {e.field for e in rule_errors} | {e["loc"][-1] for e in errors}
     if {"side", "entry_price"} <= values.keys() and not {"side", "entry_price"} & broken:

@@ -134,7 +134,11 @@ def _components() -> dict[str, Any]:
     _, requests = msgspec.json.schema_components(_REQUESTS, ref_template=template)
     _, answers = msgspec.json.schema_components(_ANSWERS, ref_template=template)
     schemas = _replace(answers, _DECIMAL, {"type": "number"})
-    schemas |= _replace(requests, _DECIMAL, _DECIMAL_IN)
+    # The service refuses unknown fields (422), whatever msgspec's defaults say.
+    schemas |= {
+        name: {**schema, "additionalProperties": False}
+        for name, schema in _replace(requests, _DECIMAL, _DECIMAL_IN).items()
+    }
     schemas["Summary"]["additionalProperties"] = True  # every figure of DOMAIN.md
     schemas["Prices"] = {
         "type": "object",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from uuid import UUID
@@ -11,7 +11,20 @@ from starlette.requests import HTTPConnection
 
 from domain.rules import check_fields
 
+from .bodies import NUL_MESSAGE
 from .errors import ApiError, field_errors
+
+BIGGEST = 2**63 - 1
+"""The largest whole number PostgreSQL's bigint holds: positions, offsets and limits fit in it."""
+
+
+def in_range(moment: datetime) -> bool:
+    """Whether a time with an offset can be stored (PostgreSQL and Python stop at year 9999)."""
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
 
 
 class QueryParams:
@@ -30,6 +43,9 @@ class QueryParams:
         value = self.params.get(name)
         if value is None:
             return None
+        if "\x00" in value:
+            self._fail(name, NUL_MESSAGE)
+            return None
         value = value.upper() if upper else value
         if choices is not None and value not in choices:
             self._fail(name, f"must be one of {', '.join(choices)}")
@@ -46,8 +62,12 @@ class QueryParams:
         except ValueError:
             self._fail(name, "must be a whole number")
             return default
-        if value < low or (high is not None and value > high):
+        if value < low or value > (BIGGEST if high is None else high):
             self._fail(name, f"must be between {low} and {high}" if high else f"must be >= {low}")
+            return default
+        if value > BIGGEST:
+            self._fail(name, f"must be at most {BIGGEST}")
+            return default
         return value
 
     def decimal(self, name: str) -> Decimal | None:
@@ -65,6 +85,9 @@ class QueryParams:
     def listed(self, name: str, choices: tuple[str, ...]) -> list[str] | None:
         """A comma-separated list (or the parameter repeated), each one of `choices`."""
         values = [v for raw in self.params.getlist(name) for v in raw.split(",") if v]
+        if any("\x00" in v for v in values):
+            self._fail(name, NUL_MESSAGE)
+            return None
         if not values:
             return None
         unknown = sorted(set(values) - set(choices))
@@ -94,6 +117,9 @@ class QueryParams:
             return None
         if value.tzinfo is None:
             self._fail(name, "must give its UTC offset, e.g. Z or +01:00")
+            return None
+        if not in_range(value):
+            self._fail(name, "must be between the years 1 and 9999 in UTC")
             return None
         return value
 

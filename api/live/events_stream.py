@@ -19,7 +19,7 @@ from domain.events import EVENT_TYPES
 from eventstore import Position, UnknownPosition
 
 from ..errors import ApiError
-from ..query import QueryParams
+from ..query import BIGGEST, QueryParams
 from ..security import READERS_OF_EVERYTHING, authenticate
 from .changes import Change
 from .hub import Hub, HubClosed, Subscriber, TooSlow
@@ -34,7 +34,7 @@ async def events_stream(request: Request) -> Response:
     query = QueryParams(request)
     resume = request.headers.get("last-event-id")
     if resume is not None:
-        if not resume.isdigit():
+        if not resume.isdigit() or int(resume) > BIGGEST:
             raise ApiError(
                 422,
                 "validation failed",

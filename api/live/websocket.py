@@ -19,6 +19,7 @@ from projections import queries
 
 from .. import json
 from ..auth import AuthError
+from ..query import BIGGEST
 from ..security import READERS_OF_EVERYTHING, refuse_if_revoked
 from .hub import HubClosed, Subscriber, TooSlow
 
@@ -114,8 +115,8 @@ async def _until_disconnect(websocket: WebSocket, sender: asyncio.Task[None]) ->
 async def _after(store: Any, raw: str | None) -> Position | None:
     if raw is None:
         return None
-    if not raw.isdigit():
-        raise ValueError("must be a whole number >= 0")
+    if not raw.isdigit() or int(raw) > BIGGEST:
+        raise ValueError(f"must be a whole number from 0 to {BIGGEST}")
     try:
         return await store.position_of(int(raw))
     except UnknownPosition:

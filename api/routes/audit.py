@@ -20,7 +20,7 @@ from ..as_of import settled
 from ..auth import Role
 from ..errors import ApiError
 from ..json import JSONResponse
-from ..query import QueryParams
+from ..query import BIGGEST, QueryParams
 from ..security import READERS_OF_EVERYTHING, authenticate, require
 
 _METADATA = (
@@ -111,6 +111,8 @@ def _cursor(query: QueryParams, name: str) -> Position | None:
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
         tx_id, global_position = (int(part) for part in raw.split(":"))
+        if not (0 <= tx_id <= BIGGEST and 0 <= global_position <= BIGGEST):
+            raise ValueError("out of range")
     except (ValueError, binascii.Error, UnicodeDecodeError):
         query.errors.append({"loc": ["query", name], "msg": "not a cursor this service gave"})
         return None

@@ -55,6 +55,7 @@ from ..security import (
     require,
     visible_owner,
 )
+from . import resource
 
 STATUSES = ("pending", "open", "closed")
 SIDES = ("long", "short")
@@ -404,13 +405,12 @@ async def update_prices(request: Request) -> Response:
 
 
 routes = [
-    Route("/positions", list_positions, methods=["GET"]),
-    Route("/positions", create_position, methods=["POST"]),
+    resource("/positions", get=list_positions, post=create_position),
     Route("/positions/bulk-update", bulk_update, methods=["POST"]),
     Route("/positions/update-prices", update_prices, methods=["POST"]),
-    Route("/positions/{position_id}", get_position, methods=["GET"]),
-    Route("/positions/{position_id}", amend_position, methods=["PUT"]),
-    Route("/positions/{position_id}", delete_position, methods=["DELETE"]),
+    resource(
+        "/positions/{position_id}", get=get_position, put=amend_position, delete=delete_position
+    ),
     Route("/positions/{position_id}/open", fill_position, methods=["POST"]),
     Route("/positions/{position_id}/increase", increase_position, methods=["POST"]),
     Route("/positions/{position_id}/close", close_position, methods=["POST"]),

@@ -13,6 +13,7 @@ from ..auth import Role
 from ..bodies import RevokeTokenBody, decode_object, parse_object, read_body
 from ..errors import ApiError
 from ..json import JSONResponse
+from ..query import in_range
 from ..security import authenticate, require
 
 UNKNOWN_EXPIRY = timedelta(days=30)
@@ -26,8 +27,8 @@ async def revoke_token(request: Request) -> Response:
     problems = []
     if not 0 < len(body.jti.strip()) <= 255:
         problems.append({"loc": ["body", "jti"], "msg": "must be 1-255 characters"})
-    if body.expires_at is not None and body.expires_at.tzinfo is None:
-        problems.append({"loc": ["body", "expires_at"], "msg": "must give its UTC offset"})
+    if body.expires_at is not None and not in_range(body.expires_at):
+        problems.append({"loc": ["body", "expires_at"], "msg": "must be before the year 10000"})
     if problems:
         raise ApiError(422, "validation failed", problems)
     until = body.expires_at or datetime.now(UTC) + UNKNOWN_EXPIRY
