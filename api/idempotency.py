@@ -42,7 +42,10 @@ async def run_command(request: Request, caller: str, body: bytes, operation: Ope
         )
     services = request.app.state.services
     services.metrics.start_counting()
-    response = await _run_once(request, caller, key, body, operation, services.pool)
+    try:
+        response = await _run_once(request, caller, key, body, operation, services.pool)
+    finally:
+        services.store.committed()  # or rolled back: a needless wake-up costs one read
     services.metrics.count_committed()  # only now: the transaction has committed
     return response
 

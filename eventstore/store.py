@@ -224,9 +224,14 @@ class EventStore:
         Events go into the log stream by stream, in stream-id order. Repeating an append whose
         events are stored already returns them and writes nothing. With `connection`, the append
         joins the caller's transaction (in a savepoint, so a refusal leaves that transaction
-        usable) and commits with it.
+        usable) and commits with it; the caller then calls `committed()`, so that subscribers
+        read the events at once rather than at their next poll.
         """
         appends = sorted(appends, key=lambda append: append.stream_id)
+        # Inside the caller's transaction the events are not visible before its commit: waking
+        # readers now would find nothing, and they would sleep a whole poll interval. The caller
+        # calls committed() instead.
+        in_callers_transaction = connection is not None and connection.is_in_transaction()
         pending = _pending(appends)
         statement = _statement(appends, pending)
         retry_on_race = all(a.expected_version is ExpectedVersion.ANY for a in appends)
@@ -243,7 +248,12 @@ class EventStore:
                     return await self._explain_refusal(appends, pending, None, connection)
             raise AssertionError("unreachable")
         finally:
-            self._notifier.appended()
+            if not in_callers_transaction:
+                self._notifier.appended()
+
+    def committed(self) -> None:
+        """Wake subscribers: a transaction holding appends made with `connection=` committed."""
+        self._notifier.appended()
 
     async def _append_once(
         self,

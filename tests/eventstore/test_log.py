@@ -20,6 +20,7 @@ async def read_everything(store: EventStore, after: Position = START, **filters)
 async def test_read_all_returns_the_log_in_order_in_batches(store: EventStore) -> None:
     for n in range(7):
         await store.append(new_stream(), [new_event(n=n)])
+    await settled(store)
 
     batches = [b async for b in store.read_all(batch_size=3)]
 

@@ -89,6 +89,26 @@ async def test_appends_in_another_process_wake_a_subscriber_without_polling(
         await subscriber.close()
 
 
+async def test_an_append_in_the_callers_transaction_wakes_subscribers_when_it_commits(
+    pool: asyncpg.Pool,
+) -> None:
+    """A wake-up before the commit would find nothing and leave the event for the next poll."""
+    store = EventStore(pool, poll_interval=60)  # only a wake-up can deliver in time
+    try:
+        waiting = asyncio.create_task(take(store.subscribe(), 1))
+        await asyncio.sleep(0.3)  # let it read the empty log and go idle
+        async with pool.acquire() as connection:
+            async with connection.transaction():
+                [recorded] = await store.append(new_stream(), [new_event()], connection=connection)
+                await asyncio.sleep(0.3)  # a reader woken now finds nothing committed
+            store.committed()
+
+        [event] = await asyncio.wait_for(waiting, 10)
+        assert event.event_id == recorded.event_id
+    finally:
+        await store.close()
+
+
 async def test_checkpoint_compare_and_set_detects_a_second_runner(pool: asyncpg.Pool) -> None:
     first, second = Position(10, 5), Position(11, 6)
     async with pool.acquire() as connection:
