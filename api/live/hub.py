@@ -43,7 +43,8 @@ class Subscriber:
         self._wants = wants
         self._limit = limit
         self._queue: deque[Change] = deque()
-        self._ready = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
+        """Set while the subscriber waits for a change: fewer objects than an Event."""
         self.failure: Exception | None = None
         self.on_failure: Callable[[], object] | None = None
         """Called once on failure: e.g. to stop a sender that is stuck writing to a slow client."""
@@ -59,26 +60,32 @@ class Subscriber:
             self.fail(TooSlow())
             return
         self._queue.append(change)
-        self._ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def fail(self, failure: Exception) -> None:
         if self.failure is not None:
             return
         self.failure = failure
         self._queue.clear()
-        self._ready.set()
+        self._wake()
         if self.on_failure is not None:
             self.on_failure()
 
     async def next(self, idle: float | None = None) -> Change | None:
         """The next change; None after `idle` seconds without one."""
         while not self._queue and self.failure is None:
-            self._ready.clear()
+            self._waiter = asyncio.get_running_loop().create_future()
             try:
                 async with asyncio.timeout(idle):  # not wait_for: see eventstore/store.py _wait
-                    await self._ready.wait()
+                    await self._waiter
             except TimeoutError:
                 return None
+            finally:
+                self._waiter = None
         if self.failure is not None:
             raise self.failure
         return self._queue.popleft()

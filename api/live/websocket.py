@@ -33,6 +33,10 @@ class _TokenExpired(Exception):
     pass
 
 
+class _ClientLeft(Exception):
+    pass
+
+
 _CLOSE_CODES: dict[type[Exception], tuple[int, str]] = {
     TooSlow: (4408, "too slow to keep up: reconnect with after=<last position>"),
     _TokenExpired: (4401, "token expired"),
@@ -63,18 +67,31 @@ async def positions_socket(websocket: WebSocket) -> None:
     expiry = asyncio.get_running_loop().call_later(
         max(seconds_left, 0), subscriber.fail, _TokenExpired()
     )
-    sender = asyncio.create_task(_send(websocket, services, subscriber, after))
-    # A failure (too slow, expired, shutdown) stops the sender even while it waits on a client
-    # that does not read.
-    subscriber.on_failure = sender.cancel
+    # This task sends; every ending (the client left, too slow, expired, shutdown) is a failure
+    # of the subscriber, which cancels the task: a send stuck on a client that does not read
+    # must stop too. One task and one pending receive per socket: thousands are held at once.
+    sending = asyncio.current_task()
+    assert sending is not None
+    subscriber.on_failure = sending.cancel
+    leaving = asyncio.ensure_future(_until_disconnected(websocket))
+    leaving.add_done_callback(lambda _: subscriber.fail(_ClientLeft()))
     try:
-        await _until_disconnect(websocket, sender)
+        await _send(websocket, services, subscriber, after)
+    except asyncio.CancelledError:
+        if subscriber.failure is None:
+            raise  # cancelled from outside: not ours to swallow
+        sending.uncancel()
+    except (WebSocketDisconnect, OSError, _ClientLeft):
+        pass
+    except tuple(_CLOSE_CODES):
+        pass  # the subscriber's failure, raised where it waited: answered below
     finally:
+        subscriber.on_failure = None
         hub.unsubscribe(subscriber)
         open_sockets.dec()
         expiry.cancel()
-        sender.cancel()
-    if subscriber.failure is not None and type(subscriber.failure) in _CLOSE_CODES:
+        leaving.cancel()
+    if type(subscriber.failure) in _CLOSE_CODES:
         await _close(websocket, *_CLOSE_CODES[type(subscriber.failure)])
 
 
@@ -93,23 +110,10 @@ async def _send(
         await websocket.send_text(change.message)
 
 
-async def _until_disconnect(websocket: WebSocket, sender: asyncio.Task[None]) -> None:
-    """Until the client leaves or the sender stops; what the client sends is ignored."""
-    receiving = asyncio.ensure_future(websocket.receive())
-    try:
-        while True:
-            await asyncio.wait({receiving, sender}, return_when=asyncio.FIRST_COMPLETED)
-            if sender.done():
-                if not sender.cancelled() and sender.exception() is not None:
-                    exception = sender.exception()
-                    if not isinstance(exception, WebSocketDisconnect | OSError):
-                        raise exception
-                return
-            if receiving.result()["type"] == "websocket.disconnect":
-                return
-            receiving = asyncio.ensure_future(websocket.receive())
-    finally:
-        receiving.cancel()
+async def _until_disconnected(websocket: WebSocket) -> None:
+    """Returns when the client leaves; what it sends is ignored (uvicorn bounds its size)."""
+    while (await websocket.receive())["type"] != "websocket.disconnect":
+        pass
 
 
 async def _after(store: Any, raw: str | None) -> Position | None:
