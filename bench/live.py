@@ -1,12 +1,12 @@
 """Live updates benchmark: `WS /ws/positions` with up to 10,000 sockets, beside a bare WS app.
 
-Run from the project root with the virtualenv active (about 5 minutes with the defaults; a smoke
-run, `--connections 500 --users 50 --sustain-seconds 5`, about a minute):
+Run from the project root with the virtualenv active (about 3 minutes with the defaults; a smoke
+run, `--connections 500 --users 50 --sustain-seconds 5`, about 2 minutes):
 
     python -m bench.live [--connections 10000] [--users 1000] [--small-connections 1000]
-                         [--clients 4] [--latency-commands 30] [--sustain-seconds 25]
-                         [--sustain-rate 200] [--sustain-price-rate 10] [--sustain-users 200]
-                         [--keep] [--strict]
+                         [--clients 4] [--client raw|websockets] [--latency-commands 30]
+                         [--sustain-seconds 25] [--sustain-rate 200] [--sustain-price-rate 10]
+                         [--sustain-users 200] [--details FILE.json] [--keep] [--strict]
 
 It drops and creates its own database (`bench_live`, on the server of BENCH_DATABASE_URL, default
 postgresql:///postgres, which is used as the admin connection only) and starts two servers on
@@ -22,11 +22,16 @@ postgresql:///postgres, which is used as the admin connection only) and starts t
             until the client leaves; `POST /bare/publish` takes a message body (a position and
             its owner, or prices for everyone), numbers it, answers `{"position": n, ...}`, and
             after the answer has gone sends the JSON text to the owner's sockets (or all) with
-            `await websocket.send_text(...)` in a loop. No token check, no database, no queues.
+            `await websocket.send_text(...)` in a loop. No token check, no database, no queue
+            per socket (so a send that waits on a slow socket lets a later message overtake it
+            on other sockets: the bare app does not keep order under backpressure).
 
-Clients: `--clients` processes (multiprocessing, spawn), each holding its share of the sockets
-with `websockets.asyncio.client` (uvloop; compression off, no client pings; the server's pings
-are answered). Each socket's messages are decoded (type, event position, the position's id,
+Clients: `--clients` processes (multiprocessing, spawn), each holding its share of the sockets.
+By default a minimal WebSocket client protocol of this script's (`_RawSocket`: the handshake,
+frames in, pongs and close out; a few microseconds per message), so that the clients take as
+little as possible of the two cores from the servers; `--client websockets` uses
+`websockets.asyncio.client` instead (compression off, no client pings; about ten times the CPU
+per message). Each socket's messages are decoded (type, event position, the position's id,
 version and owner) and kept with their arrival time (time.monotonic(): CLOCK_MONOTONIC, one
 clock for every process of the machine). A driver in this process sends the commands over its
 own keep-alive HTTP/1.1 connections and notes when each answer had been read in full.
@@ -60,7 +65,10 @@ each price update and each event of its own user's positions exactly once (missi
 nothing of another user (foreign), and in log order (out of order: against the order the log
 gives, `ORDER BY tx_id, global_position`, which is not always the order of the position numbers
 when transactions overlap; for the bare app, the publish numbers), and whether the server closed
-it (4408 too slow...). Server, database, clients and driver CPU come from /proc.
+it (4408 too slow...). A command is "held" when its event reached no socket within 100 ms of
+its answer: the delay arose before the fan-out (the report also gives the figures without the
+held commands). Server, database, clients and driver CPU come from /proc. `--details FILE` writes
+each command's answer time and first/median/last delivery as JSON.
 
 Targets: memory < 30 KiB per connection; delay p99 < 100 ms at 1,000 sockets and < 500 ms at
 10,000. `--strict` exits 1 when one is missed. Everything is stopped and the database dropped at
@@ -85,6 +93,7 @@ import tempfile
 import time
 import uuid
 from array import array
+from base64 import b64encode
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -114,7 +123,9 @@ PER_USER = 10  # sockets per user
 MEMORY_TARGET_KIB = 30.0
 P99_TARGET_MS = {"small": 100.0, "large": 500.0}
 DRIVER_CONNECTIONS = 32
+HELD_SECONDS = 0.1  # a command whose event reached no socket within this was held up server-side
 KEEP_ALIVE_SECONDS = 3.0  # the driver reopens a connection idle for longer
+DISTURBED = 0.35  # cores used by other processes above which a phase is marked
 OPEN_CONCURRENCY = 32  # handshakes in flight per client process
 
 
@@ -263,15 +274,160 @@ async def _read(sock: _Socket) -> None:
         sock.closed = sock.ws.close_code if sock.ws.close_code is not None else 1006
 
 
-async def _client(index: int, pipe: Any) -> None:
+class _RawSocket(asyncio.Protocol):
+    """A minimal RFC 6455 client (no extensions): the handshake, unmasked frames in, pongs and
+    the close frame out. It costs a few microseconds per message where websockets' asyncio
+    client costs tens, so the clients take less of the machine's two cores from the servers.
+    """
+
+    def __init__(self, sid: int, user: str, host: str, path: str) -> None:
+        self.sid, self.user, self.start = sid, user, -1
+        self.records: list[tuple[float, int, int | str]] = []
+        self.foreign = 0
+        self.closing = False
+        self.closed: int | None = None
+        self._request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {b64encode(os.urandom(16)).decode()}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[int] = loop.create_future()
+        self.lost: asyncio.Future[None] = loop.create_future()
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._upgraded = False
+        self._fragments: list[bytes] = []
+        self._close_code: int | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._transport.write(self._request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(f"closed ({self._close_code})"))
+        if not self.closing and self.closed is None:
+            self.closed = self._close_code or 1006
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        arrived = time.monotonic()
+        buffer = self._buffer
+        buffer += data
+        if not self._upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status = bytes(buffer[:end]).split(b"\r\n", 1)[0]
+            if b" 101 " not in status + b" ":
+                self.opened.set_exception(ConnectionError(status.decode("latin-1")))
+                self.abort()
+                return
+            del buffer[: end + 4]
+            self._upgraded = True
+        while len(buffer) >= 2:
+            length = buffer[1] & 0x7F
+            offset = 2
+            if length == 126:
+                if len(buffer) < 4:
+                    return
+                length, offset = int.from_bytes(buffer[2:4], "big"), 4
+            elif length == 127:
+                if len(buffer) < 10:
+                    return
+                length, offset = int.from_bytes(buffer[2:10], "big"), 10
+            if len(buffer) < offset + length:
+                return
+            head = buffer[0]
+            payload = bytes(buffer[offset : offset + length])
+            del buffer[: offset + length]
+            self._frame(head & 0x80, head & 0x0F, payload, arrived)
+
+    def _frame(self, fin: int, opcode: int, payload: bytes, arrived: float) -> None:
+        if opcode in (0x0, 0x1, 0x2):  # continuation, text, binary
+            self._fragments.append(payload)
+            if fin:
+                text = b"".join(self._fragments) if len(self._fragments) > 1 else payload
+                self._fragments = []
+                self._message(text, arrived)
+        elif opcode == 0x9:  # ping
+            self._send(0xA, payload)
+        elif opcode == 0x8:  # close
+            self._close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+            if not self.closing:
+                self.closed = self._close_code
+                self._send(0x8, payload[:2])
+            if self._transport is not None:
+                self._transport.close()
+
+    def _message(self, text: bytes, arrived: float) -> None:
+        message = _decode_message(text)
+        if not self.opened.done():
+            if message.type != "initial_data":
+                self.opened.set_exception(RuntimeError(f"first message {message.type}"))
+                return
+            self.start = message.position
+            self.opened.set_result(message.position)
+            return
+        data = message.data
+        if data is None:
+            key: int | str = message.position
+        else:
+            key = f"{data.id}/{data.version}"
+            if data.owner != self.user:
+                self.foreign += 1
+        self.records.append((arrived, message.position, key))
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self._transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+
+    async def close(self) -> None:
+        self.closing = True
+        self._send(0x8, (1000).to_bytes(2, "big"))
+        try:
+            await asyncio.wait_for(asyncio.shield(self.lost), 10)
+        except TimeoutError:
+            self.abort()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self._transport is not None:
+            self._transport.abort()
+
+
+async def _client(index: int, pipe: Any, kind: str) -> None:
+    from urllib.parse import urlsplit
+
     from websockets.asyncio.client import connect
 
-    sockets: dict[int, _Socket] = {}
+    sockets: dict[int, Any] = {}  # _RawSocket or _Socket
+    loop = asyncio.get_running_loop()
+
+    async def open_raw(sid: int, user: str, url: str, errors: list) -> None:
+        parts = urlsplit(url)
+        sock = _RawSocket(sid, user, parts.netloc, f"{parts.path}?{parts.query}")
+        try:
+            await loop.create_connection(lambda: sock, parts.hostname, parts.port)
+            await asyncio.wait_for(sock.opened, 120)
+        except Exception as error:  # noqa: BLE001
+            errors.append(f"open: {error!r}")
+            sock.abort()
+            return
+        sockets[sid] = sock
 
     async def open_one(
         sid: int, user: str, url: str, gate: asyncio.Semaphore, errors: list
     ) -> None:
         async with gate:
+            if kind == "raw":
+                await open_raw(sid, user, url, errors)
+                return
             try:
                 ws = await connect(
                     url,
@@ -299,8 +455,11 @@ async def _client(index: int, pipe: Any) -> None:
             sock.task = asyncio.create_task(_read(sock))
             sockets[sid] = sock
 
-    async def close_one(sock: _Socket, gate: asyncio.Semaphore) -> None:
+    async def close_one(sock: Any, gate: asyncio.Semaphore) -> None:
         async with gate:
+            if isinstance(sock, _RawSocket):
+                await sock.close()
+                return
             sock.closing = True
             try:
                 await asyncio.wait_for(sock.ws.close(), 10)
@@ -323,10 +482,10 @@ async def _client(index: int, pipe: Any) -> None:
         own: dict[str, list[str]] = arg["own"]
         rank: dict[int, int] | None = arg["rank"]
         expected_of: dict[str, frozenset] = {}
-        delays = {"price": array("d"), "own": array("d")}
+        delays: dict[int | str, array] = {}
         totals = Counter()
         closed = Counter()
-        first = last = None
+        last = None
         for sock in sockets.values():
             expected = expected_of.get(sock.user)
             if expected is None:
@@ -336,7 +495,6 @@ async def _client(index: int, pipe: Any) -> None:
             unexpected = 0
             for arrived, position, key in sock.records:
                 totals["received"] += 1
-                first = arrived if first is None or arrived < first else first
                 last = arrived if last is None or arrived > last else last
                 if key in seen:
                     totals["duplicate"] += 1
@@ -351,7 +509,10 @@ async def _client(index: int, pipe: Any) -> None:
                     previous = order
                 answered = times.get(key)
                 if answered is not None:
-                    delays["price" if type(key) is int else "own"].append(arrived - answered)
+                    per_key = delays.get(key)
+                    if per_key is None:
+                        per_key = delays[key] = array("d")
+                    per_key.append(arrived - answered)
             totals["unexpected"] += unexpected
             totals["foreign"] += sock.foreign
             missing = len(expected) - (len(seen) - unexpected)
@@ -364,13 +525,10 @@ async def _client(index: int, pipe: Any) -> None:
             "totals": dict(totals),
             "closed": dict(closed),
             "sockets": len(sockets),
-            "first": first,
             "last": last,
-            "price": delays["price"].tobytes(),
-            "own": delays["own"].tobytes(),
+            "delays": {key: values.tobytes() for key, values in delays.items()},
         }
 
-    loop = asyncio.get_running_loop()
     while True:
         op, arg = await loop.run_in_executor(None, pipe.recv)
         if op == "open":
@@ -403,8 +561,11 @@ async def _client(index: int, pipe: Any) -> None:
             reply = collect(arg)
         elif op == "exit":
             for sock in sockets.values():
-                sock.closing = True
-                sock.ws.transport.abort()
+                if isinstance(sock, _RawSocket):
+                    sock.abort()
+                else:
+                    sock.closing = True
+                    sock.ws.transport.abort()
             pipe.send(None)
             return
         else:
@@ -412,7 +573,7 @@ async def _client(index: int, pipe: Any) -> None:
         pipe.send(reply)
 
 
-def client_main(index: int, pipe: Any) -> None:
+def client_main(index: int, pipe: Any, kind: str = "raw") -> None:
     """A client process: holds sockets, answers the coordinator's requests on `pipe`."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -420,9 +581,9 @@ def client_main(index: int, pipe: Any) -> None:
     try:
         import uvloop
 
-        uvloop.run(_client(index, pipe))
+        uvloop.run(_client(index, pipe, kind))
     except ImportError:
-        asyncio.run(_client(index, pipe))
+        asyncio.run(_client(index, pipe, kind))
     except KeyboardInterrupt:
         pass
 
@@ -430,14 +591,14 @@ def client_main(index: int, pipe: Any) -> None:
 class Clients:
     """The client processes, each with a pipe to this one."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, kind: str) -> None:
         from bench.live import client_main as target  # importable by name from a spawned child
 
         context = multiprocessing.get_context("spawn")
         self._pipes, self.processes = [], []
         for index in range(count):
             parent, child = context.Pipe()
-            process = context.Process(target=target, args=(index, child), daemon=True)
+            process = context.Process(target=target, args=(index, child, kind), daemon=True)
             process.start()
             self._pipes.append(parent)
             self.processes.append(process)
@@ -490,8 +651,9 @@ class _HttpConnection:
 
     async def request(
         self, method: str, path: str, token: str, body: bytes
-    ) -> tuple[int, bytes, float]:
-        """(status, body, when the answer had been read: time.monotonic())"""
+    ) -> tuple[int, bytes, float, float]:
+        """(status, body, when the request was written, when the answer had been read in full;
+        time.monotonic())"""
         if self._writer is not None and time.monotonic() - self._used > KEEP_ALIVE_SECONDS:
             self.close()  # the server may be closing it (uvicorn keeps idle ones for 5 s)
         if self._writer is None or self._writer.is_closing():
@@ -501,6 +663,7 @@ class _HttpConnection:
             f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         )
+        sent = time.monotonic()
         self._writer.write(head.encode() + body)
         try:
             raw_head = await self._reader.readuntil(b"\r\n\r\n")
@@ -525,7 +688,7 @@ class _HttpConnection:
             done = self._used = time.monotonic()
             if headers.get("connection", "").lower() == "close":
                 self.close()
-            return status, data, done
+            return status, data, sent, done
         except BaseException:
             self.close()
             raise
@@ -545,7 +708,7 @@ class HttpPool:
 
     async def request(
         self, method: str, path: str, token: str, body: bytes = b""
-    ) -> tuple[int, bytes, float]:
+    ) -> tuple[int, bytes, float, float]:
         connection = await self._idle.get()
         try:
             return await connection.request(method, path, token, body)
@@ -613,13 +776,13 @@ class Target:
         return f"{position_id}/{version}"
 
     async def send(self, command: Command, i: int) -> tuple[int | str | None, float, float]:
-        """(key or None when refused, seconds the call took, when the answer was read)"""
+        """(key or None when refused, seconds from writing the request to reading the answer, when
+        the answer was read)"""
         method, path, token, body = self.request(command, i)
         if command.position_id is not None:
             self.book.busy.add(command.position_id)
-        started = time.monotonic()
         try:
-            status, data, done = await self.http.request(method, path, token, body)
+            status, data, started, done = await self.http.request(method, path, token, body)
         finally:
             if command.position_id is not None:
                 self.book.busy.discard(command.position_id)
@@ -781,6 +944,40 @@ class Meter:
         }
 
 
+class BarrierWatch:
+    """The longest-lived write transaction of OTHER databases of the PostgreSQL server, sampled.
+
+    The event store's readers read only below the oldest open writing transaction of the whole
+    server (README, "The barrier is server-wide"): another database's long transaction holds the
+    service's live feed back until it ends. The bare app does not care. On a shared machine this
+    tells a stall caused by someone else's transaction from the service's own.
+    """
+
+    QUERY = (
+        "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)), 0) "
+        "FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND datname IS DISTINCT FROM $1"
+    )
+
+    def __init__(self, admin: asyncpg.Connection, database: str) -> None:
+        self._admin, self._database = admin, database
+        self.longest = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            age = await self._admin.fetchval(self.QUERY, self._database)
+            self.longest = max(self.longest, float(age))
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
 @dataclass
 class Delivery:
     """What the clients saw of one phase's commands."""
@@ -789,20 +986,57 @@ class Delivery:
     sockets: int
     commands: int
     refused: int
-    price_delays: list[float]
-    own_delays: list[float]
+    by_command: dict[int | str, list[float]]
+    """Every delivery delay (s) of each command's event, by message key."""
     totals: dict[str, int]
     closed: dict[int, int]
     http_ms: list[float]
     cpu: dict[str, float]
+    foreign_writer_ms: float  # the longest write transaction of another database seen meanwhile
     seconds: float  # from the first command to the last message
     command_seconds: float  # from the first command's time slot to the last one's
+    answered_seconds: float  # from the first command's time slot to the last answer
     events: int | None = None  # events the log gained (the service)
     late_slots: int = 0  # commands the driver sent more than 50 ms after their time
+    issued: dict[int | str, dict[str, Any]] = field(default_factory=dict)
+
+    def details(self) -> list[dict[str, Any]]:
+        """Per command: what it was, when it was answered, how its deliveries went (ms)."""
+        rows = []
+        for key, info in self.issued.items():
+            values = sorted(self.by_command.get(key, ()))
+            rows.append(
+                {
+                    "key": key,
+                    **info,
+                    "deliveries": len(values),
+                    "first_ms": round(values[0] * 1e3, 2) if values else None,
+                    "p50_ms": round(percentile(values, 50) * 1e3, 2) if values else None,
+                    "last_ms": round(values[-1] * 1e3, 2) if values else None,
+                }
+            )
+        return sorted(rows, key=lambda row: row["slot_s"])
 
     @property
     def delays(self) -> list[float]:
-        return sorted(self.price_delays + self.own_delays)
+        return sorted(d for values in self.by_command.values() for d in values)
+
+    @property
+    def price_delays(self) -> list[float]:
+        return sorted(d for k, v in self.by_command.items() if isinstance(k, int) for d in v)
+
+    @property
+    def own_delays(self) -> list[float]:
+        return sorted(d for k, v in self.by_command.items() if isinstance(k, str) for d in v)
+
+    @property
+    def held(self) -> list[int | str]:
+        """Commands whose event reached no socket within HELD_SECONDS: held before the fan-out."""
+        return [k for k, v in self.by_command.items() if v and min(v) > HELD_SECONDS]
+
+    def delays_without_held(self) -> list[float]:
+        held = set(self.held)
+        return sorted(d for k, v in self.by_command.items() if k not in held for d in v)
 
 
 @dataclass
@@ -854,7 +1088,6 @@ class Run:
         self.meter = Meter(target, clients, admin, args.database)
         self.rng = random.Random(f"{args.seed}-{target.name}")
         self.next_sid = 0
-        self.open_by_client: list[list[int]] = [[] for _ in range(len(clients))]
         self.counter = 0  # distinct command numbers (prices, entry prices)
 
     # -- sockets ---------------------------------------------------------------------------
@@ -882,6 +1115,12 @@ class Run:
 
     async def close_all(self) -> None:
         await self.clients.call("close")
+        self.check_alive("after closing the sockets")
+
+    def check_alive(self, when: str) -> None:
+        code = self.target.server.process.poll()
+        if code is not None:
+            raise RuntimeError(f"the {self.target.name} server exited with code {code} {when}")
 
     async def received(self) -> tuple[int, int]:
         replies = await self.clients.call("count")
@@ -932,24 +1171,37 @@ class Run:
         self, label: str, schedule: list[tuple[float, Command]], users: list[str], sockets: int
     ) -> Delivery:
         """Send each command at its time (open loop), wait for the messages, check every socket."""
+        self.check_alive(f"before the {label} phase")
         await self.clients.call("clear")
         start_position = await self.log_position()
         times: dict[int | str, float] = {}
         prices: list[int] = []
         own: dict[str, list[str]] = defaultdict(list)
         http_ms: list[float] = []
+        issued: dict[int | str, dict[str, Any]] = {}  # per command, for --details
+        answered_last = 0.0
         refused = late = 0
         meter = await self.meter.start()
+        barrier = BarrierWatch(self.admin, self.args.database)
+        barrier.start()
         begin = time.monotonic() + 0.05
 
-        async def one(command: Command, number: int) -> None:
-            nonlocal refused
+        async def one(command: Command, number: int, slot: float) -> None:
+            nonlocal refused, answered_last
             key, seconds, done = await self.target.send(command, number)
             http_ms.append(seconds * 1e3)
+            answered_last = max(answered_last, done)
             if key is None:
                 refused += 1
                 return
             times[key] = done
+            issued[key] = {
+                "kind": command.kind,
+                "user": command.user,
+                "slot_s": round(slot, 4),
+                "answered_s": round(done - begin, 4),
+                "http_ms": round(seconds * 1e3, 2),
+            }
             if isinstance(key, int):
                 prices.append(key)
             else:
@@ -966,18 +1218,20 @@ class Run:
             if command.kind == "pick":
                 command = self.pick(users)  # chosen at its time, from the positions idle then
             self.counter += 1
-            tasks.append(asyncio.create_task(one(command, self.counter)))
+            tasks.append(asyncio.create_task(one(command, self.counter, at)))
         command_seconds = time.monotonic() - begin
         await asyncio.gather(*tasks)
         expected = len(prices) * sockets + sum(len(keys) for keys in own.values()) * PER_USER
         await self.wait_delivered(expected)
         cpu = await self.meter.stop(meter)
+        await barrier.stop()
         rank = await self.log_order(start_position)
         events = None
         if self.setup is not None:
             events = await self.setup.fetchval(
                 "SELECT count(*) FROM events WHERE global_position > $1", start_position
             )
+        self.check_alive(f"during the {label} phase")
         replies = await self.clients.call(
             "collect",
             [{"times": times, "prices": prices, "own": dict(own), "rank": rank}]
@@ -985,14 +1239,13 @@ class Run:
         )
         totals: Counter[str] = Counter()
         closed: Counter[int] = Counter()
-        price_delays: list[float] = []
-        own_delays: list[float] = []
+        by_command: dict[int | str, list[float]] = defaultdict(list)
         lasts = []
         for reply in replies:
             totals.update(reply["totals"])
             closed.update(reply["closed"])
-            price_delays.extend(array("d", reply["price"]))
-            own_delays.extend(array("d", reply["own"]))
+            for key, values in reply["delays"].items():
+                by_command[key].extend(array("d", values))
             if reply["last"] is not None:
                 lasts.append(reply["last"])
         await self.clients.call("clear")
@@ -1001,16 +1254,18 @@ class Run:
             sockets=sum(r["sockets"] for r in replies),
             commands=len(schedule),
             refused=refused,
-            price_delays=price_delays,
-            own_delays=own_delays,
+            by_command=dict(by_command),
             totals=dict(totals),
             closed=dict(closed),
             http_ms=sorted(http_ms),
             cpu=cpu,
+            foreign_writer_ms=barrier.longest * 1e3,
             seconds=(max(lasts) - begin) if lasts else 0.0,
             command_seconds=command_seconds,
+            answered_seconds=answered_last - begin,
             events=events,
             late_slots=late,
+            issued=issued,
         )
 
     def latency_schedule(self, users: list[str], interval: float) -> list[tuple[float, Command]]:
@@ -1066,7 +1321,7 @@ class Run:
         # A position as the service renders it, for the bare app's messages to have its size.
         user = users[0]
         position_id = next(iter(self.target.book.open[user]))
-        status, data, _ = await self.target.http.request(
+        status, data, _, _ = await self.target.http.request(
             "GET", f"/positions/{position_id}", self.target.tokens[user]
         )
         if status == 200:
@@ -1147,7 +1402,8 @@ def describe(d: Delivery) -> str:
         return "no message matched"
     return (
         f"{len(delays):,} deliveries, p50 {percentile(delays, 50) * 1e3:.1f} ms, p99 "
-        f"{percentile(delays, 99) * 1e3:.1f} ms, max {delays[-1] * 1e3:.1f} ms; server "
+        f"{percentile(delays, 99) * 1e3:.1f} ms, max {delays[-1] * 1e3:.1f} ms; "
+        f"{len(d.held)} of {len(d.by_command)} commands held > {HELD_SECONDS * 1e3:.0f} ms; server "
         f"{d.cpu['server']:.2f} cores"
     )
 
@@ -1240,7 +1496,7 @@ async def main(args: argparse.Namespace) -> int:
             logs,
         )
         servers.append(bare)
-        clients = Clients(args.clients)
+        clients = Clients(args.clients, args.client)
         service.wait_ready()
         bare.wait_ready()
         setup = await asyncpg.connect(dsn)
@@ -1276,8 +1532,18 @@ async def main(args: argparse.Namespace) -> int:
             results[target.name] = await Run(args, target, clients, admin, connection).run(
                 users, small_users
             )
-            target.server.ensure_running()
         code = report(args, results, len(small_users) * PER_USER)
+        if args.details is not None:
+            args.details.write_text(
+                json.dumps(
+                    {
+                        name: {phase: d.details() for phase, d in result.phases.items()}
+                        for name, result in results.items()
+                    },
+                    indent=1,
+                )
+            )
+            print(f"Every command's deliveries: {args.details}")
         for server in servers:
             if server.restarts:
                 print(f"NOTE: the {server.name} server restarted during the run: {server.restarts}")
@@ -1288,6 +1554,10 @@ async def main(args: argparse.Namespace) -> int:
             print(f"Logs in {logs}")
         return code
     except BaseException:
+        for server in servers:
+            code = server.process.poll()
+            if code is not None:
+                print(f"the {server.name} server had exited with code {code}", file=sys.stderr)
         print(f"(servers' logs kept in {logs})", file=sys.stderr)
         raise
     finally:
@@ -1360,47 +1630,83 @@ def report(args: argparse.Namespace, results: dict[str, TargetResult], small: in
     for phase in ("small", "large", "sustained"):
         for r in (service, bare):
             d = r.phases[phase]
-            for what, values in (
-                ("all", d.delays),
-                ("prices (every socket)", sorted(d.price_delays)),
-                ("own positions (10 sockets)", sorted(d.own_delays)),
-            ):
+            held = d.held
+            kinds = [
+                ("all", d.delays, len(d.by_command)),
+                (
+                    "prices (every socket)",
+                    d.price_delays,
+                    sum(isinstance(k, int) for k in d.by_command),
+                ),
+                (
+                    "own positions (10 sockets)",
+                    d.own_delays,
+                    sum(isinstance(k, str) for k in d.by_command),
+                ),
+            ]
+            if held:
+                kinds.append(
+                    (
+                        f"all but the {len(held)} held",
+                        d.delays_without_held(),
+                        len(d.by_command) - len(held),
+                    )
+                )
+            for what, values, commands in kinds:
+                first = what == "all"
                 rows.append(
                     [
-                        f"{phase} {r.name}" if what == "all" else "",
-                        f"{d.sockets:,}" if what == "all" else "",
+                        f"{phase} {r.name}" if first else "",
+                        f"{d.sockets:,}" if first else "",
                         what,
+                        str(commands),
                         f"{len(values):,}",
                         _ms(values, 50),
                         _ms(values, 99),
                         _ms(values[:1], None) if values else "-",
                         _ms(values, None),
-                        f"{percentile(d.http_ms, 50):.1f}" if what == "all" and d.http_ms else "",
-                        f"{d.cpu['server']:.2f}" if what == "all" else "",
-                        f"{d.cpu['db']:.2f}" if what == "all" else "",
-                        f"{d.cpu['clients']:.2f}" if what == "all" else "",
-                        f"{d.cpu['machine']:.2f}" if what == "all" else "",
+                        str(len(held)) if first else "",
+                        f"{percentile(d.http_ms, 50):.1f}" if first and d.http_ms else "",
+                        f"{d.cpu['server']:.2f}" if first else "",
+                        f"{d.cpu['db']:.2f}" if first else "",
+                        f"{d.cpu['clients']:.2f}" if first else "",
+                        f"{d.cpu['machine']:.2f}" if first else "",
+                        f"{d.cpu['other']:.2f}{'*' if d.cpu['other'] > DISTURBED else ''}"
+                        if first
+                        else "",
+                        f"{d.foreign_writer_ms:,.0f}{'*' if d.foreign_writer_ms > 100 else ''}"
+                        if first
+                        else "",
                     ]
                 )
     print_table(
         "Delivery delay, ms: a message's arrival on a socket - the arrival of the answer of the "
-        "command that made it; over every (socket, message) pair. HTTP ms: the commands' own "
-        "answer times (p50).\nCores used from the first command to the last message: server "
-        "process, its database backends, the client processes, the whole machine.",
+        "command that made it; over every (socket, message) pair. held = commands whose event\n"
+        f"reached no socket within {HELD_SECONDS * 1e3:.0f} ms (held up before the fan-out). "
+        "HTTP ms: the commands' own answer times (p50). Cores used from the first command to the "
+        "last message:\nserver process, its database backends, the client processes, the whole "
+        f"machine, and of that anything else (* = more than {DISTURBED} cores: other people's "
+        "processes).\nforeign tx ms = the longest write transaction of another database of the "
+        "PostgreSQL server seen during the phase (* = over 100 ms): the service's feed reads "
+        "nothing newer until it ends.",
         [
             "phase",
             "sockets",
             "messages",
+            "commands",
             "pairs",
             "p50",
             "p99",
             "min",
             "max",
+            "held",
             "HTTP ms",
             "server",
             "db",
             "clients",
             "machine",
+            "other",
+            "foreign tx ms",
         ],
         rows,
     )
@@ -1413,12 +1719,14 @@ def report(args: argparse.Namespace, results: dict[str, TargetResult], small: in
             [
                 r.name,
                 f"{d.sockets:,}",
-                f"{(d.commands - d.refused) / d.command_seconds:,.0f}",
-                "-" if d.events is None else f"{d.events / d.command_seconds:,.0f}",
+                f"{(d.commands - d.refused) / d.answered_seconds:,.0f}",
+                "-" if d.events is None else f"{d.events / d.answered_seconds:,.0f}",
                 f"{t.get('received', 0) / d.seconds if d.seconds else 0:,.0f}",
                 _ms(d.delays, 50),
                 _ms(d.delays, 99),
                 _ms(d.delays, None),
+                f"{percentile(d.http_ms, 50):.1f}" if d.http_ms else "-",
+                f"{percentile(d.http_ms, 99):.1f}" if d.http_ms else "-",
                 str(d.refused),
                 str(d.late_slots),
                 str(t.get("missing", 0)),
@@ -1432,8 +1740,10 @@ def report(args: argparse.Namespace, results: dict[str, TargetResult], small: in
     print_table(
         f"Sustained: {args.sustain_rate} commands/s for {args.sustain_seconds} s "
         f"({args.sustain_price_rate}/s update-prices to every socket, the rest on the users' own "
-        f"positions). commands/s = answered 2xx per second; events/s from the log; messages/s = "
-        f"messages received / (first command to last message).\nlate = commands sent > 50 ms "
+        f"positions). commands/s = 2xx answers / (first command's time to last answer); events/s: "
+        f"events the log gained, same time; messages/s = messages received / (first command to "
+        f"last message);\nHTTP = the commands' answer times (from writing the request to "
+        f"reading the answer); late = commands sent > 50 ms "
         f"after their time; missing, duplicate, out of order (against the log's order), foreign "
         f"(another user's or not sent) are counted over every socket; closed = closed by the "
         f"server, with its code.",
@@ -1446,6 +1756,8 @@ def report(args: argparse.Namespace, results: dict[str, TargetResult], small: in
             "p50 ms",
             "p99 ms",
             "max ms",
+            "HTTP p50",
+            "HTTP p99",
             "refused",
             "late",
             "missing",
@@ -1499,6 +1811,22 @@ def report(args: argparse.Namespace, results: dict[str, TargetResult], small: in
                     verdict,
                 ]
             )
+    for phase, sockets in (("small", small), ("large", service.large)):
+        sd, bd = service.phases[phase], bare.phases[phase]
+        if sd.held or bd.held:
+            sv, bv = sd.delays_without_held(), bd.delays_without_held()
+            s = percentile(sv, 99) * 1e3 if sv else None
+            b = percentile(bv, 99) * 1e3 if bv else None
+            rows.append(
+                [
+                    f"delivery p99, {sockets:,}, without held commands (ms)",
+                    f"{num(s, '.1f')} ({len(sd.held)} held)",
+                    f"{num(b, '.1f')} ({len(bd.held)} held)",
+                    ratio(s, b),
+                    "-",
+                    "info",
+                ]
+            )
     s, b = service.phases["sustained"], bare.phases["sustained"]
     for label, sv, bv in (
         ("sustained delivery p99 (ms)", p(s, 99), p(b, 99)),
@@ -1546,6 +1874,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--clients", type=int, default=4, help="client processes (default 4)")
     parser.add_argument(
+        "--client",
+        choices=["raw", "websockets"],
+        default="raw",
+        help="client sockets: a minimal protocol of this script's (default), or websockets' "
+        "asyncio client",
+    )
+    parser.add_argument(
         "--positions-per-user", type=int, default=2, help="positions seeded per user (default 2)"
     )
     parser.add_argument(
@@ -1571,6 +1906,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=20261124, help="random seed")
     parser.add_argument("--database", default="bench_live", help="database to (re)create")
     parser.add_argument("--keep", action="store_true", help="keep the database and the logs")
+    parser.add_argument(
+        "--details", type=Path, default=None, help="write every command's deliveries (JSON) here"
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
