@@ -104,3 +104,27 @@ def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile of values (sorted or not); with few values, p99 is the largest."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, int(-(-q * len(ordered) // 100)) - 1))]
+
+
+async def recreate_database(admin: asyncpg.Connection, name: str) -> None:
+    """Drop `name` (closing its connections) and create it empty."""
+    await drop_database(admin, name)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+
+
+def load_average() -> tuple[float, float, float] | None:
+    """The machine's 1, 5 and 15 minute load averages, from /proc/loadavg."""
+    try:
+        with open("/proc/loadavg") as loadavg:
+            one, five, fifteen = (float(v) for v in loadavg.read().split()[:3])
+    except (OSError, ValueError):
+        return None
+    return one, five, fifteen
+
+
+def open_fd_count(pid: int) -> int | None:
+    """How many file descriptors a process has open now (/proc/<pid>/fd); None if unknown."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None

@@ -49,7 +49,7 @@ async def catch_up(
     The log is final only below the oldest open transaction; when one holds readers back, this
     waits for it rather than stop short of events that were committed before it started.
     """
-    applied = 0
+    applied = batches = 0
     goal = await store.newest()
     async with pool.acquire() as connection:
         position = await load_checkpoint(connection, subscriber)
@@ -64,6 +64,9 @@ async def catch_up(
                     await save_checkpoint(connection, subscriber, position, batch[-1].position)
                 position = batch[-1].position
                 applied += len(batch)
+                batches += 1
+                if schema is not None and batches in _ANALYZE_AFTER:
+                    await _analyze(connection, schema)
                 if progress is not None:
                     progress(applied)
             if position >= goal:
@@ -126,6 +129,7 @@ async def _swap_in(pool: asyncpg.Pool, store: EventStore, schema: str, project: 
         async for batch in store.read_all(position, connection=connection, final_only=False):
             await project(connection, batch)
             applied += len(batch)
+        await _analyze(connection, schema)  # the live tables' successors come with statistics
         for table in TABLES:
             names = await _index_names(connection, schema, table)
             await connection.execute(f"DROP TABLE public.{table}")
@@ -156,6 +160,16 @@ async def _index_names(connection: asyncpg.Connection, schema: str, table: str) 
         if old != row["name"]:
             renames[row["name"]] = old
     return renames
+
+
+# Fresh tables have no statistics (and autovacuum may be off): without them the projector's row
+# lookups can be planned as scans of a table that grows with every batch.
+_ANALYZE_AFTER = {1, 10, 100, 1000, 10_000}
+
+
+async def _analyze(connection: asyncpg.Connection, schema: str) -> None:
+    tables = ", ".join(f"{_schema(schema)}.{table}" for table in TABLES)
+    await connection.execute(f"ANALYZE {tables}")
 
 
 def _subscriber(schema: str) -> str:
