@@ -77,6 +77,7 @@ the end, failures included (`--keep` keeps the database and the servers' logs).
 
 from __future__ import annotations
 
+import abc
 import argparse
 import asyncio
 import json
@@ -741,7 +742,7 @@ class Command:
     position_id: str | None = None
 
 
-class Target:
+class Target(abc.ABC):
     """A server under test: how to reach it and how to say each command to it."""
 
     name = ""
@@ -757,11 +758,11 @@ class Target:
     def pid(self) -> int:
         return self.server.pid
 
-    def ws_url(self, user: str) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def ws_url(self, user: str) -> str: ...
 
-    def request(self, command: Command, i: int) -> tuple[str, str, str, bytes]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def request(self, command: Command, i: int) -> tuple[str, str, str, bytes]: ...
 
     def key_of(self, command: Command, answer: dict[str, Any]) -> int | str:
         """The message key of the event the command made, from its answer; updates the book."""

@@ -12,6 +12,7 @@ the instances in turn.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -102,7 +103,7 @@ def owed(
 # -- live clients ----------------------------------------------------------------------------------
 
 
-class Reader:
+class Reader(abc.ABC):
     """A live client that records what it receives, in a task of its own."""
 
     name: str
@@ -112,8 +113,8 @@ class Reader:
     task: asyncio.Task[None]
 
     @property
-    def positions(self) -> list[int]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def positions(self) -> list[int]: ...
 
     def expected(self, log: Sequence[Logged]) -> list[int]:
         return owed(log, self.after, self.owner, self.wants)
