@@ -45,8 +45,10 @@ class LiveUpdate(msgspec.Struct, frozen=True):
 
 
 class LiveView:
-    POSITIONS_KEPT = 100_000
-    SYMBOLS_KEPT = 100_000
+    # Enough for the positions that are busy now; a position not kept costs one stream read when
+    # it changes. The cache is most of what a long-running feed holds: it stays small (soak test).
+    POSITIONS_KEPT = 5_000
+    SYMBOLS_KEPT = 10_000
 
     def __init__(self, store: EventStore, pool: asyncpg.Pool) -> None:
         self._store = store
