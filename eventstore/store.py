@@ -130,9 +130,14 @@ ORDER BY recorded_at DESC, tx_id DESC, global_position DESC
 LIMIT 1
 """
 
-# Committed events waiting above the barrier: some older transaction is still open.
+# Committed events waiting above the barrier: some older transaction is still open. Asked as
+# "is the newest event above it", so that the index answers: the planner would scan the whole
+# table for "does any event lie above it" (it cannot tell how few do).
 _HELD_BACK = """
-SELECT EXISTS (SELECT 1 FROM events WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot()))
+SELECT coalesce(
+    (SELECT tx_id FROM events ORDER BY tx_id DESC LIMIT 1)
+        >= pg_snapshot_xmin(pg_current_snapshot()),
+    false)
 """
 
 _HEAD = """
