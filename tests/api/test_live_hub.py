@@ -1,0 +1,36 @@
+"""The hub's bounded queues: a subscriber that falls too far behind is dropped, never buffered."""
+
+from __future__ import annotations
+
+import pytest
+
+from api.live.changes import Change
+from api.live.hub import Subscriber, TooSlow
+from api.live.websocket import _CLOSE_CODES
+from eventstore import START
+
+
+def _change(n: int, owner: str | None = "ann") -> Change:
+    return Change(n, n, "NotesChanged", "p", owner, "{}", b"{}")
+
+
+async def test_a_subscriber_beyond_its_limit_is_failed_and_its_queue_freed() -> None:
+    freed = []
+    subscriber = Subscriber("ann", lambda change: True, limit=2, joined_at=START)
+    subscriber.on_failure = lambda: freed.append(True)
+    for n in range(1, 4):
+        subscriber.offer(_change(n))
+
+    with pytest.raises(TooSlow):
+        await subscriber.next()
+    assert freed == [True]
+    assert not subscriber._queue  # the memory goes at once, not when the socket closes
+    assert _CLOSE_CODES[TooSlow][0] == 4408
+
+
+async def test_a_subscriber_gets_its_owners_changes_and_everyones_prices_in_order() -> None:
+    subscriber = Subscriber("ann", lambda change: True, limit=10, joined_at=START)
+    for change in (_change(1), _change(2, "bob"), _change(3, None), _change(4)):
+        subscriber.offer(change)
+
+    assert [(await subscriber.next()).global_position for _ in range(3)] == [1, 3, 4]
