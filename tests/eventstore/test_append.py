@@ -113,12 +113,17 @@ async def test_twenty_concurrent_appends_at_one_version_one_wins(store: EventSto
     assert [e.stream_version for e in await store.read_stream(stream)] == [1, 2]
 
 
+@pytest.mark.parametrize("size", [1, 2], ids=["one-event", "two-events"])
 async def test_concurrent_any_appends_to_one_stream_all_land_without_gaps(
-    store: EventStore,
+    store: EventStore, size: int
 ) -> None:
     stream = new_stream()
-    await asyncio.gather(*(store.append(stream, [new_event(), new_event()]) for _ in range(10)))
-    assert [e.stream_version for e in await store.read_stream(stream)] == list(range(1, 21))
+    await asyncio.gather(
+        *(store.append(stream, [new_event() for _ in range(size)]) for _ in range(10))
+    )
+    assert [e.stream_version for e in await store.read_stream(stream)] == list(
+        range(1, 10 * size + 1)
+    )
 
 
 async def test_retried_append_with_same_event_ids_stores_nothing_twice(
@@ -261,8 +266,10 @@ async def test_malformed_appends_are_refused_before_the_database(
         await store.append_streams(appends)
 
 
+# One event is written whole or not at all (no savepoint); several go through a savepoint.
+@pytest.mark.parametrize("size", [1, 3], ids=["one-event", "three-events"])
 async def test_a_refused_append_in_a_callers_transaction_leaves_it_usable(
-    database_url: str,
+    database_url: str, size: int
 ) -> None:
     # One connection in all: explaining the refusal must not wait for a second one.
     pool = await create_pool(database_url, min_size=1, max_size=1)
@@ -275,7 +282,10 @@ async def test_a_refused_append_in_a_callers_transaction_leaves_it_usable(
                 await store.append(stream, [new_event()], connection=connection)
                 with pytest.raises(WrongExpectedVersion):
                     await asyncio.wait_for(
-                        store.append(stream, [new_event()], 0, connection=connection), 5
+                        store.append(
+                            stream, [new_event() for _ in range(size)], 0, connection=connection
+                        ),
+                        5,
                     )
                 await connection.execute("INSERT INTO notes VALUES ('still usable')")
             assert await connection.fetchval("SELECT text FROM notes") == "still usable"
