@@ -15,7 +15,6 @@ import asyncpg
 import eventstore
 from eventstore import EventStore
 from projections import audit
-from projections.positions import project_positions
 from projections.runner import rebuild, verify
 
 from . import json
@@ -63,7 +62,7 @@ class _Progress:
 async def rebuild_read_models(settings: Settings) -> int:
     async with _store(settings) as (pool, store):
         progress = _Progress("rebuilt")
-        await rebuild(pool, store, project_positions, progress)
+        await rebuild(pool, store, progress)
         progress.done()
     print("the rebuilt read models are live")
     return 0
@@ -73,7 +72,7 @@ async def verify_read_models(settings: Settings) -> int:
     """Exit status 0 when the live read models equal a rebuild from the log, 1 when not."""
     async with _store(settings) as (pool, store):
         progress = _Progress("replayed")
-        different = await verify(pool, store, project_positions, progress)
+        different = await verify(pool, store, progress)
         progress.done()
     for table, keys in different.items():
         for key in keys:

@@ -33,10 +33,11 @@ writing connections), then VACUUM (ANALYZE)d. Then, measured in ONE run:
            exact decimals): every row read and its JSON decoded, nothing else;
   read     (information) `EventStore.read_all(batch_size=1000)`: the same plus the store's
            barrier and its RecordedEvent objects, i.e. the reading half of a replay;
-  replay   `projections.runner.rebuild_into(pool, store, schema, project_positions)`: the
-           projector fed the whole log in batches of 1000, each batch applied with its
-           checkpoint in one transaction, into fresh tables in a scratch schema (dropped after);
-  rebuild  `projections.runner.rebuild(pool, store, project_positions)` end to end: the same
+  replay   `projections.runner.rebuild_into(pool, store, schema)`: the whole log folded in
+           memory with the projector's fold (`FoldedPositions`), read in batches of 5000 with
+           the next batch read while one is folded, then written by COPY into fresh tables in a
+           scratch schema (dropped after), analysed, and the checkpoint saved;
+  rebuild  `projections.runner.rebuild(pool, store)` end to end: the same
            build beside the live tables, then the swap that replaces them. The live read model is
            built once (by an unmeasured rebuild) before the first measured one.
 
@@ -119,12 +120,11 @@ from eventstore import (
     migrate,
     reset_checkpoint,
 )
-from projections.positions import project_positions
 from projections.runner import differing_rows, rebuild, rebuild_into
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ADMIN_DSN = "postgresql:///postgres"
-BATCH = 1000  # the runner's batch (catch_up's default), and so the raw read's
+BATCH = 1000  # the raw read's batch (catch_up's default)
 WRITE_BATCH = 5000  # events per atomic append while generating
 POOL_SIZE = 3  # the runner holds one connection and reads the log through another
 REPLAY_TARGET = 0.5
@@ -684,7 +684,7 @@ async def profile_replay(args: argparse.Namespace, dsn: str, logs: Path) -> None
     store = EventStore(pool)
     await asyncio.sleep(1.0)  # attached
     started = time.perf_counter()
-    events = await rebuild_into(pool, store, "bench_profile", project_positions)
+    events = await rebuild_into(pool, store, "bench_profile")
     seconds = time.perf_counter() - started
     process.send_signal(2)  # SIGINT: py-spy writes its output and exits
     _, err = process.communicate(timeout=60)
@@ -703,7 +703,7 @@ async def profile_replay(args: argparse.Namespace, dsn: str, logs: Path) -> None
 PHASES = {
     "raw": f"raw keyset SELECT + JSON decode, batch {BATCH}",
     "read": f"store.read_all, batch {BATCH} (information)",
-    "replay": "replay: rebuild_into (projector + checkpoints)",
+    "replay": "replay: rebuild_into (fold in memory, COPY)",
     "rebuild": "rebuild: rebuild_into + swap, end to end",
 }
 
@@ -812,10 +812,10 @@ async def main(args: argparse.Namespace) -> int:
         return sample
 
     def replay(phase_pool: asyncpg.Pool, phase_store: EventStore) -> Awaitable[int]:
-        return rebuild_into(phase_pool, phase_store, "bench_replay", project_positions)
+        return rebuild_into(phase_pool, phase_store, "bench_replay")
 
     def rebuild_live(phase_pool: asyncpg.Pool, phase_store: EventStore) -> Awaitable[int]:
-        return rebuild(phase_pool, phase_store, project_positions)
+        return rebuild(phase_pool, phase_store)
 
     # The live read model, once, unmeasured: the measured rebuilds then replace real tables.
     print("\nBuilding the live read model once (rebuild, not measured)...", flush=True)

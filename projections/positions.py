@@ -14,8 +14,10 @@ whichever of the two is later in the log (see queries.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 from decimal import Decimal
+from operator import attrgetter
 from uuid import UUID
 
 import asyncpg
@@ -65,6 +67,7 @@ assert set(_FIELDS) == set(Position.__struct_fields__) - {"deleted"}
 # last event applied.
 _BOOKKEEPING = {"mark_tx": "bigint", "mark_position": "bigint", "last_event": "bigint"}
 _COLUMNS = [*_FIELDS, *_BOOKKEEPING]
+_MARKET_COLUMNS = ["symbol", "price", "updated_at", "tx_id", "last_event"]
 
 _LOAD = f"SELECT {', '.join(_COLUMNS)} FROM positions WHERE position_id = ANY ($1)"
 
@@ -101,6 +104,51 @@ async def project_positions(
         elif (position_id := position_id_of(recorded.stream_id)) is not None:
             batch.apply(position_id, recorded)
     await batch.flush()
+
+
+class FoldedPositions:
+    """The read model folded in memory from the log, for a rebuild into empty tables.
+
+    The projector loads and upserts the rows each batch touches; a rebuild starts from nothing, so
+    it keeps every row in memory (about 2 KB per position) and writes each one once, by COPY, at
+    the end: a fifth of the work per event. The fold is the projector's own `advance`.
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[str, PositionRow] = {}
+        """By stream id: the position id is parsed once per position, not once per event."""
+        self._prices: dict[str, tuple[str, Decimal, datetime, int, int]] = {}
+
+    def apply(self, events: Sequence[RecordedEvent]) -> None:
+        rows, prices = self._rows, self._prices
+        for recorded in events:
+            stream_id = recorded.stream_id
+            if (row := rows.get(stream_id)) is not None:
+                rows[stream_id] = advance(row, recorded)
+            elif stream_id == MARKET_STREAM:
+                event = event_from(recorded.event_type, recorded.data)
+                assert isinstance(event, MarketPricesUpdated)
+                for symbol, price in event.prices.items():
+                    prices[symbol] = (
+                        symbol,
+                        price,
+                        event.at,
+                        recorded.tx_id,
+                        recorded.global_position,
+                    )
+            elif position_id_of(stream_id) is not None:
+                rows[stream_id] = advance(None, recorded)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def records(self) -> dict[str, tuple[list[str], Iterator[tuple]]]:
+        """Per table: its columns, and its rows as tuples of them."""
+        live = (_record(row) for row in self._rows.values() if not row.state.deleted)
+        return {
+            "positions": (_COLUMNS, live),
+            "market_prices": (_MARKET_COLUMNS, iter(self._prices.values())),
+        }
 
 
 class PositionRow(msgspec.Struct):
@@ -177,12 +225,18 @@ class _Batch:
         live = [row for row in changed if not row.state.deleted]
         deleted = [row.state.position_id for row in changed if row.state.deleted]
         if live:
-            columns = [[getattr(row.state, f) for row in live] for f in _FIELDS]
-            columns += [[getattr(row, name) for row in live] for name in _BOOKKEEPING]
-            await self.connection.execute(_SAVE, *columns)
+            await self.connection.execute(_SAVE, *zip(*map(_record, live), strict=True))
         if deleted:
             await self.connection.execute(_DELETE, deleted)
         self.changed.clear()
+
+
+_fields = attrgetter(*_FIELDS)
+
+
+def _record(row: PositionRow) -> tuple:
+    """The row's values in the order of _COLUMNS."""
+    return (*_fields(row.state), row.mark_tx, row.mark_position, row.last_event)
 
 
 async def _save_market_prices(connection: asyncpg.Connection, recorded: RecordedEvent) -> None:

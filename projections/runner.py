@@ -2,9 +2,10 @@
 
 A projector is a plain function of (connection, events). The runner reads the log in batches and
 applies each batch together with its checkpoint in one transaction: a crash between batches loses
-nothing and repeats nothing. A rebuild runs the same projector into fresh tables in a schema of its
-own (the connection's search_path names it for the length of each transaction), so the live tables
-keep serving meanwhile and the two can be compared row by row.
+nothing and repeats nothing. A rebuild folds the whole log in memory with the projector's own fold
+and writes the result into fresh tables in a schema of its own, so the live tables keep serving
+meanwhile and the two can be compared row by row; the projector then takes the new tables over
+from the rebuild's checkpoint.
 """
 
 from __future__ import annotations
@@ -12,19 +13,30 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from itertools import islice
 
 import asyncpg
 
-from eventstore import EventStore, RecordedEvent, load_checkpoint, reset_checkpoint, save_checkpoint
+from eventstore import (
+    START,
+    EventStore,
+    Position,
+    RecordedEvent,
+    load_checkpoint,
+    reset_checkpoint,
+    save_checkpoint,
+)
 
-from .positions import TABLES
+from .positions import TABLES, FoldedPositions, project_positions
 
 Projector = Callable[[asyncpg.Connection, Sequence[RecordedEvent]], Awaitable[None]]
 Progress = Callable[[int], object]
 """Told the number of events applied so far, after each batch."""
 
 _HELD_BACK_PAUSE = 0.02  # seconds between looks while an older transaction holds readers back
+REBUILD_BATCH = 5000  # events per read of the log in a rebuild
+WRITE_CHUNK = 5000  # rows per COPY (and transaction) when a rebuild writes its tables
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
@@ -44,64 +56,108 @@ async def catch_up(
     batch_size: int = 1000,
     progress: Progress | None = None,
 ) -> int:
-    """Apply every event committed before the call (and any after it met on the way), once.
+    """Apply every event committed before the call (and any after it met on the way), once."""
+    applied = batches = 0
+    async with pool.acquire() as connection:
+        position = await load_checkpoint(connection, subscriber)
+        async for batch in _final_batches(store, position, batch_size):
+            async with connection.transaction():
+                if schema is not None:
+                    await connection.execute(f"SET LOCAL search_path TO {_schema(schema)}, public")
+                await project(connection, batch)
+                await save_checkpoint(connection, subscriber, position, batch[-1].position)
+            position = batch[-1].position
+            applied += len(batch)
+            batches += 1
+            if schema is not None and batches in _ANALYZE_AFTER:
+                await _analyze(connection, schema)
+            if progress is not None:
+                progress(applied)
+    return applied
+
+
+async def _final_batches(
+    store: EventStore, after: Position, batch_size: int
+) -> AsyncIterator[list[RecordedEvent]]:
+    """The log after `after` up to where it stood at the call, and whatever follows on the way.
 
     The log is final only below the oldest open transaction; when one holds readers back, this
     waits for it rather than stop short of events that were committed before it started.
     """
-    applied = batches = 0
     goal = await store.newest()
-    async with pool.acquire() as connection:
-        position = await load_checkpoint(connection, subscriber)
-        while True:
-            async for batch in store.read_all(position, batch_size=batch_size):
-                async with connection.transaction():
-                    if schema is not None:
-                        await connection.execute(
-                            f"SET LOCAL search_path TO {_schema(schema)}, public"
-                        )
-                    await project(connection, batch)
-                    await save_checkpoint(connection, subscriber, position, batch[-1].position)
-                position = batch[-1].position
-                applied += len(batch)
-                batches += 1
-                if schema is not None and batches in _ANALYZE_AFTER:
-                    await _analyze(connection, schema)
-                if progress is not None:
-                    progress(applied)
-            if position >= goal:
-                return applied
-            await asyncio.sleep(_HELD_BACK_PAUSE)
+    while True:
+        async for batch in store.read_all(after, batch_size=batch_size):
+            yield batch
+            after = batch[-1].position
+        if after >= goal:
+            return
+        await asyncio.sleep(_HELD_BACK_PAUSE)
 
 
 async def rebuild_into(
-    pool: asyncpg.Pool,
-    store: EventStore,
-    schema: str,
-    project: Projector,
-    progress: Progress | None = None,
+    pool: asyncpg.Pool, store: EventStore, schema: str, progress: Progress | None = None
 ) -> int:
     """Build the read model tables afresh, from the whole log, in `schema`.
 
-    Each batch commits on its own: no transaction stays open long enough to hold readers back.
+    The log is folded in memory (no transaction is open meanwhile), then written in short
+    transactions of WRITE_CHUNK rows, so nothing holds live readers back for long. The tables are
+    complete once the checkpoint is saved, with the last of them; a rebuild that stops before
+    leaves a schema the next one drops.
     """
     quoted = _schema(schema)
-    async with pool.acquire() as connection, connection.transaction():
-        await connection.execute(f"DROP SCHEMA IF EXISTS {quoted} CASCADE")
-        await connection.execute(f"CREATE SCHEMA {quoted}")
-        for table in TABLES:
-            await connection.execute(
-                f"CREATE TABLE {quoted}.{table} (LIKE public.{table} INCLUDING ALL)"
-            )
-        await reset_checkpoint(connection, f"rebuild:{schema}")
-    return await catch_up(
-        pool, store, _subscriber(schema), project, schema=schema, progress=progress
-    )
+    async with pool.acquire() as connection:
+        async with connection.transaction():
+            await connection.execute(f"DROP SCHEMA IF EXISTS {quoted} CASCADE")
+            await connection.execute(f"CREATE SCHEMA {quoted}")
+            for table in TABLES:
+                await connection.execute(
+                    f"CREATE TABLE {quoted}.{table} (LIKE public.{table} INCLUDING ALL)"
+                )
+            await reset_checkpoint(connection, _subscriber(schema))
+        folded, applied, position = FoldedPositions(), 0, START
+        async for batch in _prefetched(_final_batches(store, position, REBUILD_BATCH)):
+            folded.apply(batch)
+            applied += len(batch)
+            position = batch[-1].position
+            if progress is not None:
+                progress(applied)
+        for table, (columns, records) in folded.records().items():
+            while chunk := list(islice(records, WRITE_CHUNK)):
+                await connection.copy_records_to_table(
+                    table, schema_name=schema, columns=columns, records=chunk
+                )
+        await _analyze(connection, schema)  # the projector's row lookups need statistics
+        async with connection.transaction():
+            await save_checkpoint(connection, _subscriber(schema), START, position)
+    return applied
 
 
-async def rebuild(
-    pool: asyncpg.Pool, store: EventStore, project: Projector, progress: Progress | None = None
-) -> int:
+async def _prefetched(
+    batches: AsyncIterator[list[RecordedEvent]],
+) -> AsyncIterator[list[RecordedEvent]]:
+    """`batches`, the next one read while the caller works on this one."""
+    ahead: asyncio.Queue[list[RecordedEvent] | Exception | None] = asyncio.Queue(maxsize=1)
+
+    async def read() -> None:
+        try:
+            async for batch in batches:
+                await ahead.put(batch)
+        except Exception as error:
+            await ahead.put(error)
+        else:
+            await ahead.put(None)
+
+    reader = asyncio.create_task(read())
+    try:
+        while (batch := await ahead.get()) is not None:
+            if isinstance(batch, Exception):
+                raise batch
+            yield batch
+    finally:
+        reader.cancel()
+
+
+async def rebuild(pool: asyncpg.Pool, store: EventStore, progress: Progress | None = None) -> int:
     """Replace the live read models with ones rebuilt from the log, while they keep serving.
 
     The new tables are built beside the live ones, then swapped in: in one short transaction that
@@ -109,11 +165,11 @@ async def rebuild(
     tables' place (names, indexes and all). Readers and writers wait only for that transaction.
     """
     schema = f"rebuild_{int(time.time())}"
-    applied = await rebuild_into(pool, store, schema, project, progress)
-    return applied + await _swap_in(pool, store, schema, project)
+    applied = await rebuild_into(pool, store, schema, progress)
+    return applied + await _swap_in(pool, store, schema)
 
 
-async def _swap_in(pool: asyncpg.Pool, store: EventStore, schema: str, project: Projector) -> int:
+async def _swap_in(pool: asyncpg.Pool, store: EventStore, schema: str) -> int:
     quoted = _schema(schema)
     tables = ", ".join(f"public.{table}" for table in TABLES)
     applied = 0
@@ -127,7 +183,7 @@ async def _swap_in(pool: asyncpg.Pool, store: EventStore, schema: str, project: 
         # Not only the final events: a writer still open cannot have touched the tables, and it
         # will write its own events to the new ones once they are in place.
         async for batch in store.read_all(position, connection=connection, final_only=False):
-            await project(connection, batch)
+            await project_positions(connection, batch)
             applied += len(batch)
         await _analyze(connection, schema)  # the live tables' successors come with statistics
         for table in TABLES:
@@ -193,12 +249,12 @@ async def differing_rows(pool: asyncpg.Pool, schema: str) -> dict[str, list[str]
 
 
 async def verify(
-    pool: asyncpg.Pool, store: EventStore, project: Projector, progress: Progress | None = None
+    pool: asyncpg.Pool, store: EventStore, progress: Progress | None = None
 ) -> dict[str, list[str]]:
     """Rebuild into scratch tables and name every live row that differs (the live ones stay)."""
     schema = f"verify_{int(time.time())}"
     try:
-        await rebuild_into(pool, store, schema, project, progress)
+        await rebuild_into(pool, store, schema, progress)
         return await differing_rows(pool, schema)
     finally:
         async with pool.acquire() as connection, connection.transaction():

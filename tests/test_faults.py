@@ -21,7 +21,7 @@ import pytest
 
 from api.database import with_database
 from eventstore import EventStore, create_pool
-from projections.positions import TABLES, project_positions
+from projections.positions import TABLES
 from projections.runner import verify
 
 from .api.conftest import running_service, token
@@ -81,7 +81,7 @@ async def _book(dsn: str) -> tuple[set[str], int, dict]:
         return (
             {str(r["position_id"]) for r in rows},
             opened,
-            await verify(pool, store, project_positions),
+            await verify(pool, store),
         )
     finally:
         await store.close()

@@ -104,12 +104,12 @@ async def test_a_rebuild_under_load_loses_nothing_and_holds_no_subscriber_back(
     try:
         rebuilding.set()
         writer = asyncio.create_task(write())
-        await rebuild(pool, live, project_positions)
+        await rebuild(pool, live)
         rebuilding.clear()
         assert await writer > 0
         await settled(live)
         assert delivered_while_rebuilding, "the subscriber got nothing during the rebuild"
-        different = await verify(pool, live, project_positions)
+        different = await verify(pool, live)
     finally:
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)

@@ -21,7 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from api.auth import Role
 from eventstore import EventStore, create_pool
-from projections.positions import TABLES, project_positions
+from projections.positions import TABLES
 from projections.runner import rebuild, verify
 
 from .conftest import running_service, token
@@ -54,8 +54,8 @@ async def _verify_then_rebuild(dsn: str) -> tuple[dict, dict, dict]:
     pool = await create_pool(dsn, min_size=1, max_size=4)
     store = EventStore(pool)
     try:
-        different = await verify(pool, store, project_positions)
-        await rebuild(pool, store, project_positions)
+        different = await verify(pool, store)
+        await rebuild(pool, store)
     finally:
         await store.close()
         await pool.close()

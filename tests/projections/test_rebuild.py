@@ -101,15 +101,17 @@ async def test_a_rebuild_after_a_random_workload_equals_the_live_read_model(
     await asyncio.gather(*(random_workload(handlers, seed, 120) for seed in range(4)))
     assert await pool.fetchval("SELECT count(*) FROM positions") > 10
 
-    applied = await rebuild_into(pool, live_store, "rebuilt", project_positions)
+    applied = await rebuild_into(pool, live_store, "rebuilt")
 
     assert applied == await pool.fetchval("SELECT count(*) FROM events")
     assert await differing_rows(pool, "rebuilt") == {"positions": [], "market_prices": []}
 
 
-async def test_differing_rows_names_a_tampered_row(pool: asyncpg.Pool, live_store: EventStore) -> None:
+async def test_differing_rows_names_a_tampered_row(
+    pool: asyncpg.Pool, live_store: EventStore
+) -> None:
     await random_workload(PositionHandlers(live_store), seed=7, steps=30)
-    await rebuild_into(pool, live_store, "rebuilt", project_positions)
+    await rebuild_into(pool, live_store, "rebuilt")
 
     tampered = await pool.fetchval(
         "UPDATE positions SET notes = 'tampered' WHERE position_id = "
@@ -163,7 +165,7 @@ async def test_a_price_committed_after_an_opening_earlier_in_the_log_prices_it_t
     finally:
         release.set()
     try:
-        await rebuild_into(pool, store, "rebuilt", project_positions)
+        await rebuild_into(pool, store, "rebuilt")
     finally:
         await store.close()
 
@@ -174,7 +176,7 @@ async def test_catching_up_twice_applies_each_event_once(
     pool: asyncpg.Pool, live_store: EventStore
 ) -> None:
     await random_workload(PositionHandlers(live_store), seed=3, steps=40)
-    first = await rebuild_into(pool, live_store, "rebuilt", project_positions)
+    first = await rebuild_into(pool, live_store, "rebuilt")
 
     again = await catch_up(pool, live_store, "rebuild:rebuilt", project_positions, schema="rebuilt")
     await random_workload(PositionHandlers(live_store), seed=4, steps=20)
@@ -188,7 +190,7 @@ async def test_a_rebuild_schema_must_be_a_plain_identifier(
     pool: asyncpg.Pool, live_store: EventStore
 ) -> None:
     with pytest.raises(ValueError):
-        await rebuild_into(pool, live_store, 'x"; DROP TABLE events; --', project_positions)
+        await rebuild_into(pool, live_store, 'x"; DROP TABLE events; --')
 
 
 async def test_catch_up_waits_for_events_held_behind_an_older_open_transaction(
@@ -202,9 +204,7 @@ async def test_catch_up_waits_for_events_held_behind_an_older_open_transaction(
         await blocker.fetchval("SELECT pg_current_xact_id()")
         await random_workload(PositionHandlers(live_store), seed=6, steps=5)
 
-        rebuilding = asyncio.create_task(
-            rebuild_into(pool, live_store, "rebuilt", project_positions)
-        )
+        rebuilding = asyncio.create_task(rebuild_into(pool, live_store, "rebuilt"))
         await asyncio.sleep(0.3)
         assert not rebuilding.done(), "the rebuild stopped short of committed events"
     finally:
