@@ -23,6 +23,7 @@ from domain.commands import (
 )
 from domain.errors import DomainError
 from eventstore import EventStore
+from projections import runner
 from projections.positions import project_positions
 from projections.runner import catch_up, differing_rows, rebuild_into
 
@@ -104,6 +105,20 @@ async def test_a_rebuild_after_a_random_workload_equals_the_live_read_model(
     applied = await rebuild_into(pool, live_store, "rebuilt")
 
     assert applied == await pool.fetchval("SELECT count(*) FROM events")
+    assert await differing_rows(pool, "rebuilt") == {"positions": [], "market_prices": []}
+
+
+async def test_a_rebuild_read_and_written_in_small_pieces_equals_the_live_read_model(
+    pool: asyncpg.Pool, live_store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await random_workload(PositionHandlers(live_store), seed=11, steps=80)
+    monkeypatch.setattr(runner, "REBUILD_BATCH", 7)  # many reads, each folded as the next arrives
+    monkeypatch.setattr(runner, "WRITE_CHUNK", 3)  # many COPYs
+
+    applied = await rebuild_into(pool, live_store, "rebuilt")
+
+    assert applied == await pool.fetchval("SELECT count(*) FROM events")
+    assert await pool.fetchval("SELECT count(*) FROM rebuilt.positions") > 3
     assert await differing_rows(pool, "rebuilt") == {"positions": [], "market_prices": []}
 
 
