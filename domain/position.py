@@ -62,7 +62,9 @@ Status = Literal["pending", "open", "closed"]
 ZERO = Decimal(0)
 
 
-class Position(msgspec.Struct, frozen=True, kw_only=True):
+# gc=False: only scalars, so never part of a reference cycle; untracked, the many held by read
+# models and rebuilds cost the garbage collector nothing.
+class Position(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     position_id: UUID
     owner: str
     symbol: str

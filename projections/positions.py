@@ -151,7 +151,7 @@ class FoldedPositions:
         }
 
 
-class PositionRow(msgspec.Struct):
+class PositionRow(msgspec.Struct, gc=False):  # a Position and integers: no cycle (see Position)
     """A position's state and the log positions the read model keeps beside it."""
 
     state: Position
