@@ -40,18 +40,19 @@ class AccessLogMiddleware:
             method = scope["method"]
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(elapsed)
-            principal = scope.get("state", {}).get("principal")
-            log.info(
-                "%s %s %d",
-                method,
-                route,
-                status,
-                extra={
-                    "method": method,
-                    "path": scope["path"],
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 3),
-                    "user": None if principal is None else principal.subject,
-                },
-            )
+            if log.isEnabledFor(logging.INFO):  # not even the record's fields otherwise
+                principal = scope.get("state", {}).get("principal")
+                log.info(
+                    "%s %s %d",
+                    method,
+                    route,
+                    status,
+                    extra={
+                        "method": method,
+                        "path": scope["path"],
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 3),
+                        "user": None if principal is None else principal.subject,
+                    },
+                )

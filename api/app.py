@@ -134,14 +134,7 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
         middleware=[
             Middleware(RequestContextMiddleware),
             Middleware(AccessLogMiddleware, metrics=metrics),
-            Middleware(
-                RateLimitMiddleware,
-                verifier=verifier,
-                rate=settings.rate_limit_per_second,
-                burst=settings.rate_limit_burst or max(1, int(2 * settings.rate_limit_per_second)),
-                redis=redis,
-                key_prefix=settings.redis_key_prefix,
-            ),
+            *_rate_limits(settings, verifier, redis),
         ],
         exception_handlers={
             # Expected refusals. Anything else: a bare 500 from RequestContextMiddleware.
@@ -162,6 +155,25 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
     app.state.verifier = verifier
     app.state.openapi = openapi.document()
     return app
+
+
+def _rate_limits(
+    settings: Settings, verifier: TokenVerifier, redis: aioredis.Redis | None
+) -> list[Middleware]:
+    """The rate limiter, when limits are set (off, it would only cost every request a step)."""
+    if settings.rate_limit_per_second <= 0:
+        return []
+    rate = settings.rate_limit_per_second
+    return [
+        Middleware(
+            RateLimitMiddleware,
+            verifier=verifier,
+            rate=rate,
+            burst=settings.rate_limit_burst or max(1, int(2 * rate)),
+            redis=redis,
+            key_prefix=settings.redis_key_prefix,
+        )
+    ]
 
 
 def _tune_garbage_collection() -> None:

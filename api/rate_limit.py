@@ -86,7 +86,7 @@ class RateLimitMiddleware:
         self._prefix = f"{key_prefix}:rate:"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._rate <= 0 or scope["path"].startswith(EXEMPT):
+        if scope["type"] != "http" or scope["path"].startswith(EXEMPT):
             await self.app(scope, receive, send)
             return
         request = Request(scope)
