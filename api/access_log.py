@@ -3,56 +3,47 @@
 from __future__ import annotations
 
 import logging
-import time
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client.metrics import Counter, Histogram
+from starlette.types import Scope
 
 from .metrics import Metrics
 
 log = logging.getLogger("api.access")
 
 
-class AccessLogMiddleware:
-    """Inside RequestContextMiddleware: the correlation id is known, and so is a 500's status."""
+class AccessLog:
+    """Told of each answered request by RequestContextMiddleware (one layer for both)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        # Each label set's series, found once: prometheus-client's lookup takes a lock each time.
+        self._counts: dict[tuple[str, str, int], Counter] = {}
+        self._latencies: dict[tuple[str, str], Histogram] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500  # unless a response starts
-
-        async def send_noting_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_noting_status)
-        finally:
-            elapsed = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            method = scope["method"]
-            self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(elapsed)
-            if log.isEnabledFor(logging.INFO):  # not even the record's fields otherwise
-                principal = scope.get("state", {}).get("principal")
-                log.info(
-                    "%s %s %d",
-                    method,
-                    route,
-                    status,
-                    extra={
-                        "method": method,
-                        "path": scope["path"],
-                        "route": route,
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 3),
-                        "user": None if principal is None else principal.subject,
-                    },
-                )
+    def record(self, scope: Scope, status: int, elapsed: float) -> None:
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        method = scope["method"]
+        if (count := self._counts.get((method, route, status))) is None:
+            count = self._metrics.requests.labels(method, route, str(status))
+            self._counts[method, route, status] = count
+        count.inc()
+        if (latency := self._latencies.get((method, route))) is None:
+            latency = self._latencies[method, route] = self._metrics.latency.labels(method, route)
+        latency.observe(elapsed)
+        if log.isEnabledFor(logging.INFO):  # not even the record's fields otherwise
+            principal = scope.get("state", {}).get("principal")
+            log.info(
+                "%s %s %d",
+                method,
+                route,
+                status,
+                extra={
+                    "method": method,
+                    "path": scope["path"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "user": None if principal is None else principal.subject,
+                },
+            )

@@ -29,7 +29,7 @@ from eventstore import EventStore
 from projections.positions import project_positions
 
 from . import openapi
-from .access_log import AccessLogMiddleware
+from .access_log import AccessLog
 from .auth import AuthError, AuthSettings, TokenVerifier
 from .config import Settings
 from .context import RequestContextMiddleware
@@ -122,8 +122,9 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
 
     app = Starlette(
         routes=[
-            *health.routes,
+            # Starlette tries routes in order: the busiest first.
             *positions.routes,
+            *health.routes,
             *portfolio.routes,
             *audit.routes,
             *tokens.routes,
@@ -132,8 +133,7 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
             *openapi.routes(),
         ],
         middleware=[
-            Middleware(RequestContextMiddleware),
-            Middleware(AccessLogMiddleware, metrics=metrics),
+            Middleware(RequestContextMiddleware, access_log=AccessLog(metrics)),
             *_rate_limits(settings, verifier, redis),
         ],
         exception_handlers={

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from typing import Any
 
@@ -10,6 +11,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import logs
+from .access_log import AccessLog
 from .auth import Principal
 from .errors import error_response
 
@@ -17,15 +19,17 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
 class RequestContextMiddleware:
-    """Each request's correlation id, and the answer to a fault nobody expected.
+    """Each request's correlation id and access log line, and the answer to an unexpected fault.
 
     The id is taken from X-Correlation-ID (or X-Request-ID) when it is a sane id, else made, and
     echoed in the answer. A fault is answered with a bare 500 (its stack goes to the log only):
     Starlette's own last resort sits outside every middleware, so its answer would lack the id.
+    The access log shares this layer (each layer costs every request a few microseconds).
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, access_log: AccessLog | None = None) -> None:
         self.app = app
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in {"http", "websocket"}:
@@ -42,21 +46,25 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         echoed = (b"x-correlation-id", correlation_id.encode())
-        started = False
+        started_at = time.perf_counter()
+        status = None  # until the answer starts
 
         async def send_with_id(message: Message) -> None:
-            nonlocal started
+            nonlocal status
             if message["type"] == "http.response.start":
-                started = True
+                status = message["status"]
                 message["headers"] = [*message.get("headers", []), echoed]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as error:
-            if started:
+            if status is not None:
                 raise
             await error_response(Request(scope), error)(scope, receive, send_with_id)
+        finally:
+            if self.access_log is not None:
+                self.access_log.record(scope, status or 500, time.perf_counter() - started_at)
 
 
 def event_metadata(connection: HTTPConnection, principal: Principal) -> dict[str, Any]:

@@ -23,21 +23,29 @@ def encode(value: Any) -> bytes:
     return _encoder.encode(_plain(msgspec.to_builtins(value, builtin_types=(Decimal,))))
 
 
+_ZERO = msgspec.Raw(b"0")
+_normalize = ARITHMETIC.normalize
+
+
 def number(value: Decimal) -> msgspec.Raw:
     """A Decimal as a JSON number with every significant digit and no exponent: 1500, 0.00000001."""
-    if value == 0:
-        return msgspec.Raw(b"0")
-    return msgspec.Raw(format(ARITHMETIC.normalize(value), "f").encode())
+    if not value:
+        return _ZERO
+    return msgspec.Raw(format(_normalize(value), "f").encode())
+
+
+_WALKED = frozenset({dict, list, Decimal})
+"""What _plain must look into or convert; anything else msgspec writes as it is."""
 
 
 def _plain(value: Any) -> Any:
     kind = type(value)
-    if kind is dict:
-        return {key: _plain(item) for key, item in value.items()}
-    if kind is list:
-        return [_plain(item) for item in value]
     if kind is Decimal:
         return number(value)
+    if kind is dict:
+        return {key: _plain(item) if type(item) in _WALKED else item for key, item in value.items()}
+    if kind is list:
+        return [_plain(item) if type(item) in _WALKED else item for item in value]
     return value
 
 
