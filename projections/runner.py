@@ -11,9 +11,11 @@ from the rebuild's checkpoint.
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import islice
 
 import asyncpg
@@ -115,12 +117,13 @@ async def rebuild_into(
                 )
             await reset_checkpoint(connection, _subscriber(schema))
         folded, applied, position = FoldedPositions(), 0, START
-        async for batch in _prefetched(_final_batches(store, position, REBUILD_BATCH)):
-            folded.apply(batch)
-            applied += len(batch)
-            position = batch[-1].position
-            if progress is not None:
-                progress(applied)
+        with _collector_paused():
+            async for batch in _prefetched(_final_batches(store, position, REBUILD_BATCH)):
+                folded.apply(batch)
+                applied += len(batch)
+                position = batch[-1].position
+                if progress is not None:
+                    progress(applied)
         for table, (columns, records) in folded.records().items():
             while chunk := list(islice(records, WRITE_CHUNK)):
                 await connection.copy_records_to_table(
@@ -130,6 +133,19 @@ async def rebuild_into(
         async with connection.transaction():
             await save_checkpoint(connection, _subscriber(schema), START, position)
     return applied
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The fold makes millions of short-lived objects and keeps a row per position, none of them
+    in a cycle: the garbage collector would only walk the kept ones again and again."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 async def _prefetched(
