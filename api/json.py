@@ -31,7 +31,10 @@ def number(value: Decimal) -> msgspec.Raw:
     """A Decimal as a JSON number with every significant digit and no exponent: 1500, 0.00000001."""
     if not value:
         return _ZERO
-    return msgspec.Raw(format(_normalize(value), "f").encode())
+    text = str(value)
+    if "E" in text or ("." in text and text[-1] == "0"):  # 1E+2, 1E-8, 100.50: rarely
+        text = format(_normalize(value), "f")
+    return msgspec.Raw(text.encode())
 
 
 _WALKED = frozenset({dict, list, Decimal})
