@@ -80,6 +80,7 @@ from __future__ import annotations
 import abc
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -963,20 +964,24 @@ class BarrierWatch:
         self._admin, self._database = admin, database
         self.longest = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._watch())
 
     async def _watch(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             age = await self._admin.fetchval(self.QUERY, self._database)
             self.longest = max(self.longest, float(age))
-            await asyncio.sleep(0.05)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 0.05)
 
     async def stop(self) -> None:
+        """Lets the query in flight end: cancelled, it would leave the shared connection busy
+        ("another operation is in progress") for the next user of it."""
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await self._task
 
 
 @dataclass
@@ -1224,8 +1229,8 @@ class Run:
         await asyncio.gather(*tasks)
         expected = len(prices) * sockets + sum(len(keys) for keys in own.values()) * PER_USER
         await self.wait_delivered(expected)
+        await barrier.stop()  # before the meter, which asks the same connection
         cpu = await self.meter.stop(meter)
-        await barrier.stop()
         rank = await self.log_order(start_position)
         events = None
         if self.setup is not None:

@@ -15,6 +15,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -34,7 +35,24 @@ class HubClosed(Exception):
     """The service is shutting down."""
 
 
+class Expired(Exception):
+    """The subscriber's time is up (its token expired)."""
+
+
 class Subscriber:
+    __slots__ = (
+        "owner",
+        "joined_at",
+        "_wants",
+        "_limit",
+        "_queue",
+        "_waiter",
+        "failure",
+        "on_change",
+        "on_failure",
+        "until",
+    )
+
     def __init__(self, owner: str | None, wants: Filter, limit: int, joined_at: Position) -> None:
         self.owner = owner
         """Only this owner's positions (None: everyone's)."""
@@ -42,12 +60,17 @@ class Subscriber:
         """The hub's position when the subscriber joined: later changes reach its queue."""
         self._wants = wants
         self._limit = limit
-        self._queue: deque[Change] = deque()
+        self._queue: deque[Change] | None = None
+        """Made for the first change and dropped once empty: most subscribers are idle."""
         self._waiter: asyncio.Future[None] | None = None
         """Set while the subscriber waits for a change: fewer objects than an Event."""
         self.failure: Exception | None = None
+        self.on_change: Callable[[], object] | None = None
+        """Called for each change queued: e.g. to start a sender that is not running."""
         self.on_failure: Callable[[], object] | None = None
         """Called once on failure: e.g. to stop a sender that is stuck writing to a slow client."""
+        self.until: datetime | None = None
+        """When the hub ends the subscription with Expired."""
 
     def accepts(self, change: Change) -> bool:
         mine = self.owner is None or change.owner is None or change.owner == self.owner
@@ -56,11 +79,15 @@ class Subscriber:
     def offer(self, change: Change) -> None:
         if self.failure is not None or not self.accepts(change):
             return
+        if self._queue is None:
+            self._queue = deque()
         if len(self._queue) >= self._limit:
             self.fail(TooSlow())
             return
         self._queue.append(change)
         self._wake()
+        if self.on_change is not None:
+            self.on_change()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -70,10 +97,19 @@ class Subscriber:
         if self.failure is not None:
             return
         self.failure = failure
-        self._queue.clear()
+        self._queue = None
         self._wake()
         if self.on_failure is not None:
             self.on_failure()
+
+    def take(self) -> Change | None:
+        """The next change queued; None when there is none (or the subscriber failed)."""
+        if not self._queue:
+            return None
+        change = self._queue.popleft()
+        if not self._queue:
+            self._queue = None
+        return change
 
     async def next(self, idle: float | None = None) -> Change | None:
         """The next change; None after `idle` seconds without one."""
@@ -88,7 +124,7 @@ class Subscriber:
                 self._waiter = None
         if self.failure is not None:
             raise self.failure
-        return self._queue.popleft()
+        return self.take()
 
 
 class Hub:
@@ -100,10 +136,13 @@ class Hub:
         """The last change published: where the feed goes on from."""
         self._everyone: set[Subscriber] = set()
         self._by_owner: dict[str, set[Subscriber]] = {}
+        self._ending: dict[datetime, tuple[asyncio.TimerHandle, set[Subscriber]]] = {}
+        """Subscribers by the moment they expire: one timer for all those that end together (the
+        sockets of one token), not one each."""
 
     @property
-    def subscriber_count(self) -> int:
-        return len(self._everyone) + sum(len(group) for group in self._by_owner.values())
+    def has_subscribers(self) -> bool:
+        return bool(self._everyone or self._by_owner)  # an owner's emptied group is dropped
 
     def publish(self, change: Change) -> None:
         self.cursor = change.cursor
@@ -117,12 +156,22 @@ class Hub:
             for subscriber in list(group):
                 subscriber.offer(change)
 
-    def subscribe(self, owner: str | None, wants: Filter) -> Subscriber:
+    def subscribe(
+        self, owner: str | None, wants: Filter, until: datetime | None = None
+    ) -> Subscriber:
+        """A subscriber to the changes it wants; with `until`, failed with Expired then."""
         subscriber = Subscriber(owner, wants, self._queue_limit, self.cursor)
         if owner is None:
             self._everyone.add(subscriber)
         else:
             self._by_owner.setdefault(owner, set()).add(subscriber)
+        if until is not None:
+            subscriber.until = until
+            if (ending := self._ending.get(until)) is None:
+                seconds = max((until - datetime.now(UTC)).total_seconds(), 0)
+                timer = asyncio.get_running_loop().call_later(seconds, self._expire, until)
+                ending = self._ending[until] = (timer, set())
+            ending[1].add(subscriber)
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
@@ -132,6 +181,16 @@ class Hub:
             group.discard(subscriber)
             if not group:
                 del self._by_owner[subscriber.owner]
+        if subscriber.until in self._ending:
+            timer, ending = self._ending[subscriber.until]
+            ending.discard(subscriber)
+            if not ending:
+                timer.cancel()
+                del self._ending[subscriber.until]
+
+    def _expire(self, until: datetime) -> None:
+        for subscriber in self._ending.pop(until)[1]:
+            subscriber.fail(Expired())
 
     def close(self) -> None:
         """Ends every subscription: the service is going away."""
@@ -142,32 +201,33 @@ class Hub:
         self,
         subscriber: Subscriber,
         after: Position,
-        seen: Callable[[Position], bool] | None = None,
         idle: float | None = None,
     ) -> AsyncIterator[Change | None]:
         """Every change after `after` that the subscriber wants, in log order, exactly once.
 
-        `seen` names changes the subscriber has already (a snapshot it was given). With `idle`,
-        None comes after that many seconds without a change. Raises the subscriber's failure
-        (TooSlow when it fell too far behind).
+        With `idle`, None comes after that many seconds without a change. Raises the subscriber's
+        failure (TooSlow when it fell too far behind).
         """
-
-        def owed(change: Change) -> bool:
-            return change.cursor > after and not (seen is not None and seen(change.cursor))
-
-        if after < subscriber.joined_at:
-            # The hub passed these before the subscriber joined: read them from the log.
-            view = LiveView(self._store, self._pool)
-            async with aclosing(self._store.read_all(after, batch_size=500)) as batches:
-                async for batch in batches:
-                    due = [event for event in batch if event.position <= subscriber.joined_at]
-                    for update in await view.updates(due):
-                        change = render(update)
-                        if owed(change) and subscriber.accepts(change):
-                            yield change
-                    if len(due) < len(batch):
-                        break
+        async with aclosing(self.backlog(subscriber, after)) as backlog:
+            async for change in backlog:
+                yield change
         while True:
             change = await subscriber.next(idle)
-            if change is None or owed(change):
+            if change is None or change.cursor > after:
                 yield change
+
+    async def backlog(self, subscriber: Subscriber, after: Position) -> AsyncIterator[Change]:
+        """The changes after `after` that the subscriber wants and that the hub passed before it
+        joined (so they are not in its queue), from the log, in log order."""
+        if after >= subscriber.joined_at:
+            return
+        view = LiveView(self._store, self._pool)
+        async with aclosing(self._store.read_all(after, batch_size=500)) as batches:
+            async for batch in batches:
+                due = [event for event in batch if event.position <= subscriber.joined_at]
+                for update in await view.updates(due):
+                    change = render(update)
+                    if subscriber.accepts(change):
+                        yield change
+                if len(due) < len(batch):
+                    break

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+from contextlib import aclosing
 from typing import Any
 
 from starlette.routing import WebSocketRoute
@@ -21,16 +21,13 @@ from .. import json
 from ..auth import AuthError
 from ..query import BIGGEST
 from ..security import READERS_OF_EVERYTHING, refuse_if_revoked
-from .hub import HubClosed, Subscriber, TooSlow
+from .changes import Change
+from .hub import Expired, HubClosed, Subscriber, TooSlow
 
 log = logging.getLogger(__name__)
 
 CLOSE_SECONDS = 5.0
 """How long a closing handshake may take before the connection is dropped."""
-
-
-class _TokenExpired(Exception):
-    pass
 
 
 class _ClientLeft(Exception):
@@ -39,7 +36,7 @@ class _ClientLeft(Exception):
 
 _CLOSE_CODES: dict[type[Exception], tuple[int, str]] = {
     TooSlow: (4408, "too slow to keep up: reconnect with after=<last position>"),
-    _TokenExpired: (4401, "token expired"),
+    Expired: (4401, "token expired"),
     HubClosed: (1001, "service stopping"),
 }
 
@@ -60,60 +57,123 @@ async def positions_socket(websocket: WebSocket) -> None:
         return
     owner = None if principal.role in READERS_OF_EVERYTHING else principal.subject
     hub = services.hub
-    subscriber = hub.subscribe(owner, lambda change: True)
+    subscriber = hub.subscribe(owner, _everything, until=principal.expires_at)
     open_sockets = services.metrics.open_streams.labels("websocket")
     open_sockets.inc()
-    seconds_left = (principal.expires_at - datetime.now(UTC)).total_seconds()
-    expiry = asyncio.get_running_loop().call_later(
-        max(seconds_left, 0), subscriber.fail, _TokenExpired()
-    )
-    # This task sends; every ending (the client left, too slow, expired, shutdown) is a failure
-    # of the subscriber, which cancels the task: a send stuck on a client that does not read
-    # must stop too. One task and one pending receive per socket: thousands are held at once.
-    sending = asyncio.current_task()
-    assert sending is not None
-    subscriber.on_failure = sending.cancel
-    leaving = asyncio.ensure_future(_until_disconnected(websocket))
-    leaving.add_done_callback(lambda _: subscriber.fail(_ClientLeft()))
+    # This task only waits for the client to leave (what it sends is ignored: uvicorn bounds its
+    # size). The sending is done by a task that exists only while something is due: thousands of
+    # sockets are held at once, mostly idle. Every other ending (too slow, expired, shutdown, a
+    # failed send) is a failure of the subscriber, which cancels both tasks: a send stuck on a
+    # client that does not read must stop too.
+    sender = _Sender(websocket, subscriber)
+    sender.start(services, after)
     try:
-        await _send(websocket, services, subscriber, after)
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
     except asyncio.CancelledError:
         if subscriber.failure is None:
             raise  # cancelled from outside: not ours to swallow
-        sending.uncancel()
-    except (WebSocketDisconnect, OSError, _ClientLeft):
-        pass
-    except tuple(_CLOSE_CODES):
-        pass  # the subscriber's failure, raised where it waited: answered below
+        sender.receiving.uncancel()
     finally:
-        subscriber.on_failure = None
         hub.unsubscribe(subscriber)
         open_sockets.dec()
-        expiry.cancel()
-        leaving.cancel()
-    if type(subscriber.failure) in _CLOSE_CODES:
-        await _close(websocket, *_CLOSE_CODES[type(subscriber.failure)])
+        sender.stop()
+    failure = subscriber.failure
+    if type(failure) in _CLOSE_CODES:
+        await _close(websocket, *_CLOSE_CODES[type(failure)])
+    elif failure is not None and not isinstance(failure, _ClientLeft):
+        raise failure  # the sender's fault: uvicorn logs it and drops the connection
 
 
-async def _send(
-    websocket: WebSocket, services: Any, subscriber: Subscriber, after: Position | None
-) -> None:
-    seen = None
-    if after is None:
-        snapshot, book = await _initial_data(services, subscriber.owner)
-        await websocket.send_text(
-            _text({"type": "initial_data", "positions": book, "position": snapshot.head[1]})
-        )
-        after, seen = snapshot.head, snapshot.includes
-    async for change in services.hub.changes(subscriber, after, seen):
-        assert change is not None
-        await websocket.send_text(change.message)
+def _everything(change: Change) -> bool:
+    return True
 
 
-async def _until_disconnected(websocket: WebSocket) -> None:
-    """Returns when the client leaves; what it sends is ignored (uvicorn bounds its size)."""
-    while (await websocket.receive())["type"] != "websocket.disconnect":
-        pass
+class _Sender:
+    """Sends one socket's messages, in order, from a task that runs only while some are due."""
+
+    __slots__ = ("_websocket", "_subscriber", "_after", "_xmax", "_running", "_task", "receiving")
+
+    def __init__(self, websocket: WebSocket, subscriber: Subscriber) -> None:
+        self._websocket = websocket
+        self._subscriber = subscriber
+        self._after: Position | None = None
+        """Resuming: the client has the changes up to here (None once one has passed it)."""
+        self._xmax: int | None = None
+        self._running: frozenset[int] | None = None
+        """After the initial data: the client lacks the changes of transactions from `_xmax` on
+        and of those `_running` (None once a change is past `_xmax`)."""
+        self._task: asyncio.Task[None] | None = None
+        receiving = asyncio.current_task()
+        assert receiving is not None
+        self.receiving = receiving
+        """The handler's task, which waits for the client to leave."""
+
+    def start(self, services: Any, after: Position | None) -> None:
+        """First the book (or, from `after`, the changes the hub passed before the subscriber
+        joined), then each change as it comes."""
+        self._after = after
+        self._task = asyncio.create_task(self._send(services))
+        self._subscriber.on_change = self._wake
+        self._subscriber.on_failure = self._failed
+
+    def stop(self) -> None:
+        self._subscriber.on_change = self._subscriber.on_failure = None
+        if self._task is not None:
+            self._task.cancel()
+
+    def _wake(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._send())
+
+    def _failed(self) -> None:
+        self.stop()
+        self.receiving.cancel()
+
+    async def _send(self, services: Any = None) -> None:
+        """Sends the changes queued, then ends. The first run (given the services) sends the
+        book, or the backlog, before them."""
+        try:
+            if services is not None:
+                await self._first(services)
+            while (change := self._subscriber.take()) is not None:
+                if self._owed(change):
+                    await self._websocket.send_text(change.message)
+        except (WebSocketDisconnect, OSError):
+            self._subscriber.fail(_ClientLeft())
+        except Exception as error:
+            self._subscriber.fail(error)
+        finally:
+            self._task = None
+
+    async def _first(self, services: Any) -> None:
+        if self._after is None:
+            snapshot, message = await _initial_data(services, self._subscriber.owner)
+            # The snapshot sees every transaction below its xmax but those then running, and its
+            # head is older than any of those: the client lacks exactly the changes of the
+            # transactions that were running or had not begun. That much is kept, not the
+            # snapshot: thousands of idle sockets hold it.
+            self._xmax, self._running = snapshot.xmax, snapshot.running or None
+            await self._websocket.send_text(message)
+            return
+        backlog = services.hub.backlog(self._subscriber, self._after)
+        async with aclosing(backlog) as changes:
+            async for change in changes:
+                if self._owed(change):
+                    await self._websocket.send_text(change.message)
+
+    def _owed(self, change: Change) -> bool:
+        """Whether the client lacks the change. Changes come in log order: once one is past
+        what the client was given, so are all the later ones, and the checks end."""
+        if self._xmax is not None:
+            if change.tx_id < self._xmax:
+                return self._running is not None and change.tx_id in self._running
+            self._xmax = self._running = None
+        elif self._after is not None:
+            if change.cursor <= self._after:
+                return False
+            self._after = None
+        return True
 
 
 async def _after(store: Any, raw: str | None) -> Position | None:
@@ -127,14 +187,16 @@ async def _after(store: Any, raw: str | None) -> Position | None:
         raise ValueError("no event has this position") from None
 
 
-async def _initial_data(services: Any, owner: str | None) -> tuple[LogSnapshot, list[Any]]:
+async def _initial_data(services: Any, owner: str | None) -> tuple[LogSnapshot, str]:
     """The caller's open and pending positions, and exactly which events they reflect."""
     async with (
         services.pool.acquire() as connection,
         connection.transaction(isolation="repeatable_read", readonly=True),
     ):
         snapshot = await services.store.snapshot(connection)
-        return snapshot, await queries.live_book(connection, owner)
+        book = await queries.live_book(connection, owner)
+    message = {"type": "initial_data", "positions": book, "position": snapshot.head[1]}
+    return snapshot, _text(message)
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:

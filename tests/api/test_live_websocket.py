@@ -146,6 +146,55 @@ async def test_each_change_carries_the_position_as_get_answers_it_then(
     assert all(m["timestamp"].endswith("Z") for m in (created, price_update, updated, closed))
 
 
+async def test_a_price_set_while_nobody_listened_reaches_the_next_subscriber(
+    service_url: str, user: Caller, admin: Caller, anonymous: httpx.Client
+) -> None:
+    """With no subscriber the feed renders nothing: it must not price later changes stale."""
+    symbol = fresh_symbol()
+    opened = await in_thread(user.open, symbol=symbol)
+    async with connect(ws_url(service_url, token(user.subject))) as ws:
+        await next_message(ws)
+        await in_thread(lambda: admin.http.post("/positions/update-prices", json={symbol: "120"}))
+        assert (await next_message(ws))["prices"] == {symbol: 120}
+    await _until(lambda: _open_sockets(anonymous) == 0)
+    priced = await in_thread(
+        lambda: admin.http.post("/positions/update-prices", json={symbol: "150"})
+    )
+    await _until(lambda: _live_feed_lag(anonymous) == 0)
+
+    async with connect(ws_url(service_url, token(user.subject))) as ws:
+        initial = await next_message(ws)
+        await in_thread(lambda: user.http.put(f"/positions/{opened['id']}", json={"notes": "n"}))
+        updated = await next_message(ws)
+    after_update = await in_thread(user.http.get, f"/positions/{opened['id']}")
+
+    assert initial["position"] >= priced.json()["position"]
+    assert updated["data"] == after_update.json()
+    assert updated["data"]["current_price"] == 150
+
+
+async def _until(condition, timeout: float = TIMEOUT) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await in_thread(condition):
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+def _metric(client: httpx.Client, line_start: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {line_start} in /metrics")
+
+
+def _open_sockets(client: httpx.Client) -> float:
+    return _metric(client, 'live_connections{channel="websocket"}')
+
+
+def _live_feed_lag(client: httpx.Client) -> float:
+    return _metric(client, "live_feed_lag_events ")
+
+
 async def test_a_user_receives_only_its_own_positions_and_admins_everything(
     service_url: str, user: Caller, other_user: Caller, admin: Caller, service: Caller
 ) -> None:
