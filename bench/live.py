@@ -27,7 +27,7 @@ postgresql:///postgres, which is used as the admin connection only) and starts t
             on other sockets: the bare app does not keep order under backpressure).
 
 Clients: `--clients` processes (multiprocessing, spawn), each holding its share of the sockets.
-By default a minimal WebSocket client protocol of this script's (`_RawSocket`: the handshake,
+By default a minimal WebSocket client protocol (bench/clients.py's `RawSocket`: the handshake,
 frames in, pongs and close out; a few microseconds per message), so that the clients take as
 little as possible of the two cores from the servers; `--client websockets` uses
 `websockets.asyncio.client` instead (compression off, no client pings; about ten times the CPU
@@ -95,7 +95,6 @@ import tempfile
 import time
 import uuid
 from array import array
-from base64 import b64encode
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -105,6 +104,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from bench.clients import HttpPool, RawSocket
 from bench.common import (
     backend_pids,
     database_dsn,
@@ -126,7 +126,6 @@ MEMORY_TARGET_KIB = 30.0
 P99_TARGET_MS = {"small": 100.0, "large": 500.0}
 DRIVER_CONNECTIONS = 32
 HELD_SECONDS = 0.1  # a command whose event reached no socket within this was held up server-side
-KEEP_ALIVE_SECONDS = 3.0  # the driver reopens a connection idle for longer
 DISTURBED = 0.35  # cores used by other processes above which a phase is marked
 OPEN_CONCURRENCY = 32  # handshakes in flight per client process
 
@@ -276,102 +275,19 @@ async def _read(sock: _Socket) -> None:
         sock.closed = sock.ws.close_code if sock.ws.close_code is not None else 1006
 
 
-class _RawSocket(asyncio.Protocol):
-    """A minimal RFC 6455 client (no extensions): the handshake, unmasked frames in, pongs and
-    the close frame out. It costs a few microseconds per message where websockets' asyncio
-    client costs tens, so the clients take less of the machine's two cores from the servers.
-    """
+class _RawSocket(RawSocket):
+    """A socket of bench.clients' cheap client and what it received."""
 
     def __init__(self, sid: int, user: str, host: str, path: str) -> None:
-        self.sid, self.user, self.start = sid, user, -1
+        super().__init__(host, path)
+        self.sid, self.user = sid, user
         self.records: list[tuple[float, int, int | str]] = []
         self.foreign = 0
-        self.closing = False
-        self.closed: int | None = None
-        self._request = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {b64encode(os.urandom(16)).decode()}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-        loop = asyncio.get_running_loop()
-        self.opened: asyncio.Future[int] = loop.create_future()
-        self.lost: asyncio.Future[None] = loop.create_future()
-        self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
-        self._upgraded = False
-        self._fragments: list[bytes] = []
-        self._close_code: int | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-        self._transport.write(self._request)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(ConnectionError(f"closed ({self._close_code})"))
-        if not self.closing and self.closed is None:
-            self.closed = self._close_code or 1006
-        if not self.lost.done():
-            self.lost.set_result(None)
-
-    def data_received(self, data: bytes) -> None:
-        arrived = time.monotonic()
-        buffer = self._buffer
-        buffer += data
-        if not self._upgraded:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            status = bytes(buffer[:end]).split(b"\r\n", 1)[0]
-            if b" 101 " not in status + b" ":
-                self.opened.set_exception(ConnectionError(status.decode("latin-1")))
-                self.abort()
-                return
-            del buffer[: end + 4]
-            self._upgraded = True
-        while len(buffer) >= 2:
-            length = buffer[1] & 0x7F
-            offset = 2
-            if length == 126:
-                if len(buffer) < 4:
-                    return
-                length, offset = int.from_bytes(buffer[2:4], "big"), 4
-            elif length == 127:
-                if len(buffer) < 10:
-                    return
-                length, offset = int.from_bytes(buffer[2:10], "big"), 10
-            if len(buffer) < offset + length:
-                return
-            head = buffer[0]
-            payload = bytes(buffer[offset : offset + length])
-            del buffer[: offset + length]
-            self._frame(head & 0x80, head & 0x0F, payload, arrived)
-
-    def _frame(self, fin: int, opcode: int, payload: bytes, arrived: float) -> None:
-        if opcode in (0x0, 0x1, 0x2):  # continuation, text, binary
-            self._fragments.append(payload)
-            if fin:
-                text = b"".join(self._fragments) if len(self._fragments) > 1 else payload
-                self._fragments = []
-                self._message(text, arrived)
-        elif opcode == 0x9:  # ping
-            self._send(0xA, payload)
-        elif opcode == 0x8:  # close
-            self._close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-            if not self.closing:
-                self.closed = self._close_code
-                self._send(0x8, payload[:2])
-            if self._transport is not None:
-                self._transport.close()
-
-    def _message(self, text: bytes, arrived: float) -> None:
+    def message(self, text: bytes, arrived: float) -> None:
         message = _decode_message(text)
         if not self.opened.done():
-            if message.type != "initial_data":
-                self.opened.set_exception(RuntimeError(f"first message {message.type}"))
-                return
-            self.start = message.position
-            self.opened.set_result(message.position)
+            self.initial(message.type, message.position)
             return
         data = message.data
         if data is None:
@@ -381,26 +297,6 @@ class _RawSocket(asyncio.Protocol):
             if data.owner != self.user:
                 self.foreign += 1
         self.records.append((arrived, message.position, key))
-
-    def _send(self, opcode: int, payload: bytes) -> None:
-        if self._transport is None or self._transport.is_closing():
-            return
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self._transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
-
-    async def close(self) -> None:
-        self.closing = True
-        self._send(0x8, (1000).to_bytes(2, "big"))
-        try:
-            await asyncio.wait_for(asyncio.shield(self.lost), 10)
-        except TimeoutError:
-            self.abort()
-
-    def abort(self) -> None:
-        self.closing = True
-        if self._transport is not None:
-            self._transport.abort()
 
 
 async def _client(index: int, pipe: Any, kind: str) -> None:
@@ -641,87 +537,6 @@ class Clients:
         return sum(process_memory_kib(pid) or 0 for pid in self.pids) / 1024
 
 
-# -- the driver's HTTP ---------------------------------------------------------------------------
-
-
-class _HttpConnection:
-    def __init__(self, port: int) -> None:
-        self._port = port
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._used = 0.0
-
-    async def request(
-        self, method: str, path: str, token: str, body: bytes
-    ) -> tuple[int, bytes, float, float]:
-        """(status, body, when the request was written, when the answer had been read in full;
-        time.monotonic())"""
-        if self._writer is not None and time.monotonic() - self._used > KEEP_ALIVE_SECONDS:
-            self.close()  # the server may be closing it (uvicorn keeps idle ones for 5 s)
-        if self._writer is None or self._writer.is_closing():
-            self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self._port)
-        assert self._reader is not None
-        head = (
-            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
-        sent = time.monotonic()
-        self._writer.write(head.encode() + body)
-        try:
-            raw_head = await self._reader.readuntil(b"\r\n\r\n")
-            lines = raw_head.decode("latin-1").split("\r\n")
-            status = int(lines[0].split()[1])
-            headers = {}
-            for line in lines[1:]:
-                if line:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
-            if headers.get("transfer-encoding", "").lower() == "chunked":
-                chunks = []
-                while True:
-                    size = int((await self._reader.readuntil(b"\r\n")).strip(), 16)
-                    chunk = await self._reader.readexactly(size + 2)
-                    if size == 0:
-                        break
-                    chunks.append(chunk[:-2])
-                data = b"".join(chunks)
-            else:
-                data = await self._reader.readexactly(int(headers.get("content-length", "0")))
-            done = self._used = time.monotonic()
-            if headers.get("connection", "").lower() == "close":
-                self.close()
-            return status, data, sent, done
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._reader = self._writer = None
-
-
-class HttpPool:
-    def __init__(self, port: int, size: int = DRIVER_CONNECTIONS) -> None:
-        self._idle: asyncio.Queue[_HttpConnection] = asyncio.Queue()
-        for _ in range(size):
-            self._idle.put_nowait(_HttpConnection(port))
-        self._all = list(self._idle._queue)  # type: ignore[attr-defined]
-
-    async def request(
-        self, method: str, path: str, token: str, body: bytes = b""
-    ) -> tuple[int, bytes, float, float]:
-        connection = await self._idle.get()
-        try:
-            return await connection.request(method, path, token, body)
-        finally:
-            self._idle.put_nowait(connection)
-
-    def close(self) -> None:
-        for connection in self._all:
-            connection.close()
-
-
 # -- servers under test --------------------------------------------------------------------------
 
 
@@ -752,7 +567,7 @@ class Target(abc.ABC):
     def __init__(self, server: Any, tokens: dict[str, str]) -> None:
         self.server = server
         self.tokens = tokens
-        self.http = HttpPool(server.port)
+        self.http = HttpPool(server.port, DRIVER_CONNECTIONS)
         self.book = Book()
 
     @property

@@ -36,7 +36,7 @@ Load, from processes of their own (multiprocessing, spawn):
   ws clients    `--ws-clients` processes holding `--ws-users` x `--sockets-per-user` sockets to
                 `WS /ws/positions` (the first `--http-users` users are the ones making the
                 changes, so their sockets get their own events; every socket gets every price
-                update). A minimal client of this script's (handshake, frames in, pongs out)
+                update). A minimal client (bench/clients.py: handshake, frames in, pongs out)
                 reads every message for the whole run; a socket the server closes (or that is
                 lost) is counted and reconnected after 1 s with `after=<last position>`.
 
@@ -74,7 +74,6 @@ import sys
 import tempfile
 import time
 from array import array
-from base64 import b64encode
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -84,6 +83,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from bench.clients import HttpConnection, HttpPool, RawSocket
 from bench.common import (
     database_dsn,
     drop_database,
@@ -135,7 +135,6 @@ LABELS = {
 SEED_PER_USER = 10
 HTTP_CONNECTIONS = 64  # keep-alive connections per HTTP client process
 REQUEST_TIMEOUT = 30.0
-KEEP_ALIVE_SECONDS = 3.0  # reopen a connection idle this long (uvicorn closes them after 5 s)
 SAMPLE_SECONDS = 10.0
 GROWTH_TARGET_PCT = 10.0
 OPEN_CONCURRENCY = 32
@@ -162,93 +161,6 @@ def _run_loop(coroutine_factory: Any) -> None:
 
 async def _get(commands: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, commands.get)
-
-
-# -- HTTP --------------------------------------------------------------------------------------
-
-
-class HttpConnection:
-    """One keep-alive HTTP/1.1 connection: Content-Length or chunked answers."""
-
-    def __init__(self, port: int) -> None:
-        self._port = port
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._used = 0.0
-
-    async def request(
-        self, method: str, path: str, token: str, body: bytes = b"", extra: str = ""
-    ) -> tuple[int, bytes, float]:
-        """(status, body, when the request was written: time.monotonic())"""
-        if self._writer is not None and time.monotonic() - self._used > KEEP_ALIVE_SECONDS:
-            self.close()
-        if self._writer is None or self._writer.is_closing():
-            self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self._port)
-        assert self._reader is not None
-        head = (
-            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
-        )
-        sent = time.monotonic()
-        self._writer.write(head.encode() + body)
-        try:
-            raw_head = await self._reader.readuntil(b"\r\n\r\n")
-            lines = raw_head.decode("latin-1").split("\r\n")
-            status = int(lines[0].split()[1])
-            headers = {}
-            for line in lines[1:]:
-                if line:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
-            if headers.get("transfer-encoding", "").lower() == "chunked":
-                chunks = []
-                while True:
-                    size = int((await self._reader.readuntil(b"\r\n")).strip(), 16)
-                    chunk = await self._reader.readexactly(size + 2)
-                    if size == 0:
-                        break
-                    chunks.append(chunk[:-2])
-                data = b"".join(chunks)
-            else:
-                data = await self._reader.readexactly(int(headers.get("content-length", "0")))
-            self._used = time.monotonic()
-            if headers.get("connection", "").lower() == "close":
-                self.close()
-            return status, data, sent
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._reader = self._writer = None
-
-
-class HttpPool:
-    def __init__(self, port: int, size: int) -> None:
-        self._idle: asyncio.LifoQueue[HttpConnection] = asyncio.LifoQueue()
-        self._all = [HttpConnection(port) for _ in range(size)]
-        for connection in self._all:
-            self._idle.put_nowait(connection)
-
-    async def request(
-        self, method: str, path: str, token: str, body: bytes = b"", extra: str = ""
-    ) -> tuple[int, bytes, float]:
-        connection = await self._idle.get()
-        try:
-            return await asyncio.wait_for(
-                connection.request(method, path, token, body, extra), REQUEST_TIMEOUT
-            )
-        except BaseException:
-            connection.close()
-            raise
-        finally:
-            self._idle.put_nowait(connection)
-
-    def close(self) -> None:
-        for connection in self._all:
-            connection.close()
 
 
 # -- the HTTP load (a process of its own) --------------------------------------------------------
@@ -332,7 +244,7 @@ class HttpLoad:
         self.tokens: dict[str, str] = config["tokens"]
         self.users: list[str] = config["users"]
         self.books = {user: Book() for user in self.users}
-        self.pool = HttpPool(config["port"], HTTP_CONNECTIONS)
+        self.pool = HttpPool(config["port"], HTTP_CONNECTIONS, REQUEST_TIMEOUT, lifo=True)
         self.buckets: dict[tuple[int, str], Bucket] = defaultdict(Bucket)
         self.samples: list[str] = []  # the first error answers, for the report
         self.price_positions: list[int] = []
@@ -366,7 +278,7 @@ class HttpLoad:
             "take_profit": high if side == "long" else low,
             "strategy": rng.choice(["momentum", "carry", "swing", "pairs"]),
         }
-        status, data, sent = await self.pool.request(
+        status, data, sent, _ = await self.pool.request(
             "POST", "/positions", self.tokens[user], _body(body)
         )
         if status == 201:
@@ -453,7 +365,7 @@ class HttpLoad:
             elif kind == "prices":
                 symbols = self.rng.sample(list(SYMBOLS), 5)
                 body = _body({s: _price(self.rng, s, 0.05) for s in symbols})
-                status, data, sent = await self.pool.request(
+                status, data, sent, _ = await self.pool.request(
                     "POST", "/positions/update-prices", self.tokens[SERVICE], body
                 )
                 if status == 200:
@@ -467,7 +379,7 @@ class HttpLoad:
                 else:
                     kind, method, path, body, extra, held = request
                     bucket = self.buckets[(_minute(due, self.t0), kind)]
-                    status, data, sent = await self.pool.request(
+                    status, data, sent, _ = await self.pool.request(
                         method, path, self.tokens[user], body, extra
                     )
                     self._settle(user, held, status, data)
@@ -606,29 +518,29 @@ class Sockets:
         self.reconnects = 0
         self.reconnect_failures: Counter[str] = Counter()
         self.malformed = 0
-        self.all: list[RawSocket] = []
+        self.all: list[Socket] = []
         self.stopping = False
 
     def minute(self, when: float) -> int:
         return -1 if self.t0 is None else _minute(when, self.t0)
 
-    async def open(self, sock: RawSocket) -> None:
+    async def open(self, sock: Socket) -> None:
         loop = asyncio.get_running_loop()
         host, port = "127.0.0.1", self.config["port"]
         await loop.create_connection(lambda: sock, host, port)
         await asyncio.wait_for(sock.opened, 60)
 
-    def lost(self, sock: RawSocket, code: int) -> None:
+    def lost(self, sock: Socket, code: int) -> None:
         self.closes.append((self.minute(time.monotonic()), code))
         asyncio.get_running_loop().create_task(self.reconnect(sock))
 
-    async def reconnect(self, old: RawSocket) -> None:
+    async def reconnect(self, old: Socket) -> None:
         if self.stopping:
             return
         after = old.last if old.last is not None else old.start
         while not self.stopping:
             await asyncio.sleep(RECONNECT_SECONDS)
-            sock = RawSocket(self, old.user, self.config["tokens"][old.user], after)
+            sock = Socket(self, old.user, self.config["tokens"][old.user], after)
             sock.start, sock.last = old.start, old.last
             sock.prices, sock.duplicate_prices = old.prices, old.duplicate_prices
             sock.received = old.received
@@ -648,7 +560,7 @@ class Sockets:
 
         async def one(user: str) -> None:
             async with gate:
-                sock = RawSocket(self, user, self.config["tokens"][user], None)
+                sock = Socket(self, user, self.config["tokens"][user], None)
                 try:
                     await self.open(sock)
                 except Exception as error:  # noqa: BLE001
@@ -701,110 +613,34 @@ class Sockets:
         }
 
 
-class RawSocket(asyncio.Protocol):
-    """A minimal RFC 6455 client (no extensions): the handshake, frames in, pongs and close out."""
+class Socket(RawSocket):
+    """A socket of one client process (bench.clients.RawSocket) and the price updates it got."""
 
     def __init__(self, owner: Sockets, user: str, token: str, after: int | None) -> None:
-        self.owner, self.user = owner, user
         path = f"/ws/positions?token={token}" + (f"&after={after}" if after is not None else "")
-        self._request = (
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {b64encode(os.urandom(16)).decode()}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
+        super().__init__("127.0.0.1", path)
+        self.owner, self.user = owner, user
         self._resume = after is not None
-        loop = asyncio.get_running_loop()
-        self.opened: asyncio.Future[None] = loop.create_future()
-        self.lost: asyncio.Future[None] = loop.create_future()
-        self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
-        self._upgraded = False
-        self._fragments: list[bytes] = []
-        self._close_code: int | None = None
-        self.closing = False
-        self.closed: int | None = None
-        self.start: int | None = None  # the initial data's position
         self.last: int | None = None  # the last message's position: where to resume
         self.prices: set[int] = set()
         self.duplicate_prices = 0
         self.received = 0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-        self._transport.write(self._request)
+    def upgraded(self) -> None:
+        if self._resume:  # the server sends no initial data to a resumed socket
+            self.opened.set_result(None)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(ConnectionError(f"closed ({self._close_code})"))
-        elif not self.closing and self.closed is None:
-            self.closed = self._close_code or 1006
-            self.owner.lost(self, self.closed)
-        if not self.lost.done():
-            self.lost.set_result(None)
+    def dropped(self) -> None:
+        self.owner.lost(self, self.closed)
 
-    def data_received(self, data: bytes) -> None:
-        arrived = time.monotonic()
-        buffer = self._buffer
-        buffer += data
-        if not self._upgraded:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            status = bytes(buffer[:end]).split(b"\r\n", 1)[0]
-            if b" 101 " not in status + b" ":
-                self.opened.set_exception(ConnectionError(status.decode("latin-1")))
-                self.abort()
-                return
-            del buffer[: end + 4]
-            self._upgraded = True
-            if self._resume:
-                self.opened.set_result(None)
-        while len(buffer) >= 2:
-            length = buffer[1] & 0x7F
-            offset = 2
-            if length == 126:
-                if len(buffer) < 4:
-                    return
-                length, offset = int.from_bytes(buffer[2:4], "big"), 4
-            elif length == 127:
-                if len(buffer) < 10:
-                    return
-                length, offset = int.from_bytes(buffer[2:10], "big"), 10
-            if len(buffer) < offset + length:
-                return
-            head = buffer[0]
-            payload = bytes(buffer[offset : offset + length])
-            del buffer[: offset + length]
-            self._frame(head & 0x80, head & 0x0F, payload, arrived)
-
-    def _frame(self, fin: int, opcode: int, payload: bytes, arrived: float) -> None:
-        if opcode in (0x0, 0x1, 0x2):
-            self._fragments.append(payload)
-            if fin:
-                text = b"".join(self._fragments) if len(self._fragments) > 1 else payload
-                self._fragments = []
-                self._message(text, arrived)
-        elif opcode == 0x9:  # ping
-            self._send(0xA, payload)
-        elif opcode == 0x8:  # close
-            self._close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-            if not self.closing:
-                self._send(0x8, payload[:2])
-            if self._transport is not None:
-                self._transport.close()
-
-    def _message(self, text: bytes, arrived: float) -> None:
+    def message(self, text: bytes, arrived: float) -> None:
         try:
             message = _decode_message(text)
         except msgspec.DecodeError:
             self.owner.malformed += 1
             return
         if not self.opened.done():
-            if message.type != "initial_data":
-                self.opened.set_exception(RuntimeError(f"first message {message.type}"))
-                return
-            self.start = message.position
-            self.opened.set_result(None)
+            self.initial(message.type, message.position)
             return
         owner = self.owner
         minute = owner.minute(arrived)
@@ -817,18 +653,6 @@ class RawSocket(asyncio.Protocol):
                 self.duplicate_prices += 1
             else:
                 self.prices.add(message.position)
-
-    def _send(self, opcode: int, payload: bytes) -> None:
-        if self._transport is None or self._transport.is_closing():
-            return
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self._transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
-
-    def abort(self) -> None:
-        self.closing = True
-        if self._transport is not None:
-            self._transport.abort()
 
 
 async def _ws_process(index: int, config: dict[str, Any], commands: Any, out: Any) -> None:
@@ -1092,7 +916,7 @@ def _log_levels(path: Path) -> tuple[Counter[str], list[str]]:
 async def _http_once(port: int, method: str, path: str, token: str, body: bytes = b"") -> Any:
     connection = HttpConnection(port)
     try:
-        status, data, _ = await connection.request(method, path, token, body)
+        status, data, _, _ = await connection.request(method, path, token, body)
     finally:
         connection.close()
     return status, data
