@@ -4,6 +4,7 @@ per request or message, so that the load takes little of the machine from the se
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import os
 import time
@@ -104,7 +105,7 @@ class HttpPool:
             connection.close()
 
 
-class RawSocket(asyncio.Protocol):
+class RawSocket(asyncio.Protocol, abc.ABC):
     """A minimal RFC 6455 client (no extensions): the handshake, unmasked frames in, pongs and
     the close frame out. It costs a few microseconds per message where websockets' asyncio
     client costs tens, so the clients take less of the machine's two cores from the servers.
@@ -131,8 +132,9 @@ class RawSocket(asyncio.Protocol):
         self._fragments: list[bytes] = []
         self._close_code: int | None = None
 
+    @abc.abstractmethod
     def message(self, text: bytes, arrived: float) -> None:
-        raise NotImplementedError
+        """Each text message, with its arrival time (time.monotonic()); the first goes to `initial`."""
 
     def upgraded(self) -> None:
         """The handshake is through."""
