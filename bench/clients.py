@@ -134,7 +134,7 @@ class RawSocket(asyncio.Protocol, abc.ABC):
 
     @abc.abstractmethod
     def message(self, text: bytes, arrived: float) -> None:
-        """Each text message, with its arrival time (time.monotonic()); the first goes to `initial`."""
+        """Each text message and its arrival (time.monotonic()); the first goes on to `initial`."""
 
     def upgraded(self) -> None:
         """The handshake is through."""
