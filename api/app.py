@@ -23,10 +23,12 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from commands import AtomicFailure, PositionHandlers, StalePosition, TooMuchContention
+from commands import AtomicFailure, Metadata, PositionHandlers, StalePosition, TooMuchContention
+from domain.commands import OpenPosition
 from domain.errors import DomainError
 from eventstore import EventStore
 from projections.positions import project_positions
+from projections.queries import PositionView
 
 from . import openapi
 from .access_log import AccessLog
@@ -43,6 +45,7 @@ from .metrics import Metrics, note_recorded
 from .rate_limit import RateLimitMiddleware
 from .revocation import Revocations
 from .routes import audit, health, portfolio, positions, tokens
+from .transactions import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,8 @@ class Services:
     pool: asyncpg.Pool
     store: EventStore
     handlers: PositionHandlers
+    opens: GroupCommit[tuple[OpenPosition, Metadata], PositionView]
+    """New positions arriving together are recorded in one transaction."""
     hub: Hub
     feed: Feed
     redis: aioredis.Redis | None
@@ -85,11 +90,12 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
         hub = Hub(store, pool, settings.live_queue_limit)
         feed = Feed(hub, store, pool, redis, settings.redis_key_prefix)
         revocations = Revocations(pool, redis, settings.redis_key_prefix)
-        app.state.services = Services(
+        app.state.services = services = Services(
             settings=settings,
             pool=pool,
             store=store,
             handlers=PositionHandlers(store),
+            opens=GroupCommit(lambda opens: positions.open_together(services, opens)),
             hub=hub,
             feed=feed,
             redis=redis,

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .errors import ApiError, error_response
+from .transactions import command_transaction
 
 MAX_KEY_LENGTH = 255
 REPLAYED_HEADER = "idempotent-replayed"
@@ -40,65 +41,58 @@ async def run_command(request: Request, caller: str, body: bytes, operation: Ope
                 }
             ],
         )
-    services = request.app.state.services
-    services.metrics.start_counting()
-    try:
-        response = await _run_once(request, caller, key, body, operation, services.pool)
-    finally:
-        services.store.committed()  # or rolled back: a needless wake-up costs one read
-    services.metrics.count_committed()  # only now: the transaction has committed
-    return response
-
-
-async def _run_once(
-    request: Request,
-    caller: str,
-    key: str | None,
-    body: bytes,
-    operation: Operation,
-    pool: asyncpg.Pool,
-) -> Response:
-    async with pool.acquire() as connection, connection.transaction():
+    async with command_transaction(request.app.state.services) as connection:
         if key is None:
             return await operation(connection)
-        fingerprint = _fingerprint(request, body)
-        await connection.execute("SELECT pg_advisory_xact_lock($1)", _lock_id(caller, key))
-        stored = await connection.fetchrow(
-            "SELECT fingerprint, status_code, headers, body FROM idempotency_keys "
-            "WHERE caller = $1 AND key = $2",
-            caller,
-            key,
-        )
-        if stored is not None:
-            if stored["fingerprint"] != fingerprint:
-                raise ApiError(
-                    422,
-                    "this Idempotency-Key was used for a different request",
-                    [{"loc": ["header", "Idempotency-Key"], "msg": "used for a different request"}],
-                )
-            return Response(
-                stored["body"],
-                status_code=stored["status_code"],
-                headers={**stored["headers"], REPLAYED_HEADER: "true"},
+        return await _once(request, caller, key, body, operation, connection)
+
+
+async def _once(
+    request: Request,
+    caller: str,
+    key: str,
+    body: bytes,
+    operation: Operation,
+    connection: asyncpg.Connection,
+) -> Response:
+    fingerprint = _fingerprint(request, body)
+    await connection.execute("SELECT pg_advisory_xact_lock($1)", _lock_id(caller, key))
+    stored = await connection.fetchrow(
+        "SELECT fingerprint, status_code, headers, body FROM idempotency_keys "
+        "WHERE caller = $1 AND key = $2",
+        caller,
+        key,
+    )
+    if stored is not None:
+        if stored["fingerprint"] != fingerprint:
+            raise ApiError(
+                422,
+                "this Idempotency-Key was used for a different request",
+                [{"loc": ["header", "Idempotency-Key"], "msg": "used for a different request"}],
             )
-        try:
-            response = await operation(connection)
-        except Exception as error:  # the refusal is the first answer too, unless it is a fault
-            response = error_response(request, error)
-            if response.status_code >= 500:
-                raise
-        headers = {k: v for k, v in response.headers.items() if k in _KEPT_HEADERS}
-        await connection.execute(
-            "INSERT INTO idempotency_keys (caller, key, fingerprint, status_code, headers, body) "
-            "VALUES ($1, $2, $3, $4, $5, $6)",
-            caller,
-            key,
-            fingerprint,
-            response.status_code,
-            headers,
-            response.body,
+        return Response(
+            stored["body"],
+            status_code=stored["status_code"],
+            headers={**stored["headers"], REPLAYED_HEADER: "true"},
         )
-        return response
+    try:
+        response = await operation(connection)
+    except Exception as error:  # the refusal is the first answer too, unless it is a fault
+        response = error_response(request, error)
+        if response.status_code >= 500:
+            raise
+    headers = {k: v for k, v in response.headers.items() if k in _KEPT_HEADERS}
+    await connection.execute(
+        "INSERT INTO idempotency_keys (caller, key, fingerprint, status_code, headers, body) "
+        "VALUES ($1, $2, $3, $4, $5, $6)",
+        caller,
+        key,
+        fingerprint,
+        response.status_code,
+        headers,
+        response.body,
+    )
+    return response
 
 
 async def forget_expired(pool: asyncpg.Pool, kept: timedelta) -> int:

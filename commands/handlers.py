@@ -108,6 +108,39 @@ class PositionHandlers:
             return Outcome(fold(events, state), recorded)
         raise TooMuchContention()
 
+    async def open_together(
+        self,
+        opens: Sequence[tuple[OpenPosition, Metadata]],
+        *,
+        connection: asyncpg.Connection | None = None,
+    ) -> list[Outcome | DomainError]:
+        """Open several new positions in one append; each refusal stays its own command's answer.
+
+        New positions have nothing to load or lock, and their ids are fresh: the append cannot
+        conflict, so what the domain accepts is recorded together, in one statement.
+        """
+        decided = [_refusal_or_events(command) for command, _ in opens]
+        appends = [
+            StreamAppend(
+                position_stream(command.position_id),
+                _new_events(events, metadata),
+                ExpectedVersion.NO_STREAM,
+            )
+            for (command, metadata), events in zip(opens, decided, strict=True)
+            if not isinstance(events, DomainError)
+        ]
+        recorded = (
+            _by_stream(await self._store.append_streams(appends, connection=connection))
+            if appends
+            else {}
+        )
+        return [
+            events
+            if isinstance(events, DomainError)
+            else Outcome(fold(events), recorded[position_stream(command.position_id)])
+            for (command, _), events in zip(opens, decided, strict=True)
+        ]
+
     async def handle_atomically(
         self,
         commands: Sequence[tuple[UUID, Command]],
@@ -147,9 +180,7 @@ class PositionHandlers:
                 )
             except WrongExpectedVersion:
                 continue
-            by_stream: dict[str, list[RecordedEvent]] = {}
-            for event in recorded:
-                by_stream.setdefault(event.stream_id, []).append(event)
+            by_stream = _by_stream(recorded)
             return [
                 Outcome(fold(events, state), by_stream.get(position_stream(position_id), []))
                 for (position_id, _), state, events in zip(commands, states, decisions, strict=True)
@@ -192,6 +223,20 @@ async def _lock(position_ids: Sequence[UUID], connection: asyncpg.Connection | N
         "FROM unnest($1::text[]) AS stream_id",
         [position_stream(position_id) for position_id in position_ids],
     )
+
+
+def _refusal_or_events(command: OpenPosition) -> DomainError | list[Event]:
+    try:
+        return decide(command, None)
+    except DomainError as refusal:
+        return refusal
+
+
+def _by_stream(recorded: Sequence[RecordedEvent]) -> dict[str, list[RecordedEvent]]:
+    by_stream: dict[str, list[RecordedEvent]] = {}
+    for event in recorded:
+        by_stream.setdefault(event.stream_id, []).append(event)
+    return by_stream
 
 
 def _version(state: Position | None) -> int:

@@ -90,6 +90,8 @@ _SELECT_POSITION = f"""
 WHERE p.position_id = $1 AND ($2::text IS NULL OR p.owner = $2)
 """
 
+_SELECT_POSITIONS = f"{_PRICED} WHERE p.position_id = ANY ($1::uuid[])"
+
 _FILTERABLE = ("owner", "status", "symbol", "strategy", "side")
 
 
@@ -110,6 +112,14 @@ async def get_position(
     """The position, if it exists and (when `owner` is given) belongs to that owner."""
     row = await connection.fetchrow(_SELECT_POSITION, position_id, owner)
     return None if row is None else position_view(row)
+
+
+async def get_positions(
+    connection: asyncpg.Connection | asyncpg.Pool, position_ids: list[UUID]
+) -> dict[UUID, PositionView]:
+    """Those of the positions that exist, by id, in one query."""
+    rows = await connection.fetch(_SELECT_POSITIONS, position_ids)
+    return {row["position_id"]: position_view(row) for row in rows}
 
 
 class PositionFilter(msgspec.Struct, frozen=True, kw_only=True):
@@ -168,8 +178,8 @@ async def count_open(connection: asyncpg.Connection | asyncpg.Pool, symbols: lis
 
 # -- portfolio summary -------------------------------------------------------------------------
 
-# Per-row figures as domain/portfolio.py defines them, summed per book, symbol and strategy in one
-# pass. A trade is a position closed after it was filled (a cancelled order closed nothing).
+# Per-row figures as domain/portfolio.py defines them, summed per book, symbol and strategy: one
+# pass over the rows into (symbol, strategy) cells, whose sums the three groupings add up. A trade is a position closed after it was filled (a cancelled order closed nothing).
 # "Within x percent" is compared without dividing: numeric division would round.
 _SUMMARY = f"""
 WITH priced AS (
@@ -189,35 +199,59 @@ book AS (
            price IS NULL AS unpriced,
            stop_loss, take_profit
     FROM priced
+),
+cell AS (  -- one pass over the rows, per (symbol, strategy); the sets below add the cells up
+    SELECT symbol, strategy,
+           count(*) AS total_positions,
+           count(*) FILTER (WHERE status = 'open') AS open_positions,
+           count(*) FILTER (WHERE status = 'closed') AS closed_positions,
+           count(*) FILTER (WHERE status = 'pending') AS pending_positions,
+           count(*) FILTER (WHERE status = 'open' AND side = 'long') AS long_positions,
+           count(*) FILTER (WHERE status = 'open' AND side = 'short') AS short_positions,
+           count(*) FILTER (WHERE status = 'open' AND unpriced) AS unpriced_positions,
+           sum(market_value) AS market_value,
+           max(market_value) AS largest_market_value,
+           sum(market_value) FILTER (WHERE side = 'long') AS long_exposure,
+           sum(market_value) FILTER (WHERE side = 'short') AS short_exposure,
+           sum(unrealized_pnl) AS unrealized_pnl,
+           sum(realized_pnl) AS realized_pnl,
+           count(*) FILTER (WHERE is_trade) AS trades,
+           count(*) FILTER (WHERE is_trade AND realized_pnl > 0) AS winning_trades,
+           sum(realized_pnl) FILTER (WHERE is_trade AND realized_pnl > 0) AS gross_profit,
+           sum(realized_pnl) FILTER (WHERE is_trade AND realized_pnl < 0) AS gross_loss,
+           count(*) FILTER (WHERE status = 'open' AND stop_loss IS NOT NULL AND
+               (CASE side WHEN 'long' THEN mark - stop_loss ELSE stop_loss - mark END) * 100
+                   <= mark * $2) AS positions_at_risk,
+           count(*) FILTER (WHERE status = 'open' AND take_profit IS NOT NULL AND
+               (CASE side WHEN 'long' THEN take_profit - mark ELSE mark - take_profit END) * 100
+                   <= mark * $2) AS positions_near_target
+    FROM book
+    GROUP BY symbol, strategy
 )
 SELECT grouping(symbol) AS all_symbols, grouping(strategy) AS all_strategies, symbol, strategy,
-       count(*) AS total_positions,
-       count(*) FILTER (WHERE status = 'open') AS open_positions,
-       count(*) FILTER (WHERE status = 'closed') AS closed_positions,
-       count(*) FILTER (WHERE status = 'pending') AS pending_positions,
-       count(*) FILTER (WHERE status = 'open' AND side = 'long') AS long_positions,
-       count(*) FILTER (WHERE status = 'open' AND side = 'short') AS short_positions,
-       count(*) FILTER (WHERE status = 'open' AND unpriced) AS unpriced_positions,
+       coalesce(sum(total_positions), 0)::bigint AS total_positions,
+       coalesce(sum(open_positions), 0)::bigint AS open_positions,
+       coalesce(sum(closed_positions), 0)::bigint AS closed_positions,
+       coalesce(sum(pending_positions), 0)::bigint AS pending_positions,
+       coalesce(sum(long_positions), 0)::bigint AS long_positions,
+       coalesce(sum(short_positions), 0)::bigint AS short_positions,
+       coalesce(sum(unpriced_positions), 0)::bigint AS unpriced_positions,
        coalesce(sum(market_value), 0) AS total_market_value,
-       coalesce(max(market_value), 0) AS largest_market_value,
-       coalesce(sum(market_value) FILTER (WHERE side = 'long'), 0) AS long_exposure,
-       coalesce(-sum(market_value) FILTER (WHERE side = 'short'), 0) AS short_exposure,
+       coalesce(max(largest_market_value), 0) AS largest_market_value,
+       coalesce(sum(long_exposure), 0) AS long_exposure,
+       coalesce(-sum(short_exposure), 0) AS short_exposure,
        sum(unrealized_pnl) AS total_unrealized_pnl,
        sum(realized_pnl) AS total_realized_pnl,
-       count(*) FILTER (WHERE is_trade) AS trades,
-       count(*) FILTER (WHERE is_trade AND realized_pnl > 0) AS winning_trades,
-       coalesce(sum(realized_pnl) FILTER (WHERE is_trade AND realized_pnl > 0), 0) AS gross_profit,
-       coalesce(sum(realized_pnl) FILTER (WHERE is_trade AND realized_pnl < 0), 0) AS gross_loss,
-       count(*) FILTER (WHERE status = 'open' AND stop_loss IS NOT NULL AND
-           (CASE side WHEN 'long' THEN mark - stop_loss ELSE stop_loss - mark END) * 100
-               <= mark * $2) AS positions_at_risk,
-       count(*) FILTER (WHERE status = 'open' AND take_profit IS NOT NULL AND
-           (CASE side WHEN 'long' THEN take_profit - mark ELSE mark - take_profit END) * 100
-               <= mark * $2) AS positions_near_target,
+       coalesce(sum(trades), 0)::bigint AS trades,
+       coalesce(sum(winning_trades), 0)::bigint AS winning_trades,
+       coalesce(sum(gross_profit), 0) AS gross_profit,
+       coalesce(sum(gross_loss), 0) AS gross_loss,
+       coalesce(sum(positions_at_risk), 0)::bigint AS positions_at_risk,
+       coalesce(sum(positions_near_target), 0)::bigint AS positions_near_target,
        -- The newest event these figures include: read in the same snapshot as the figures.
        (SELECT global_position FROM events ORDER BY tx_id DESC, global_position DESC LIMIT 1)
            AS as_of_position
-FROM book
+FROM cell
 GROUP BY GROUPING SETS ((), (symbol), (strategy))
 """
 

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from commands import AtomicFailure, Outcome, PositionHandlers
+from commands import AtomicFailure, Metadata, Outcome, PositionHandlers
 from domain.commands import (
     AmendPosition,
     ClosePosition,
@@ -29,6 +29,7 @@ from projections import queries
 from projections.as_of import read_models_at
 from projections.queries import PositionFilter
 
+from .. import logs
 from ..as_of import AS_OF_HEADER, log_position, requested_point
 from ..auth import Principal, Role
 from ..bodies import (
@@ -55,6 +56,7 @@ from ..security import (
     require,
     visible_owner,
 )
+from ..transactions import GroupWriteFailed, command_transaction
 from . import resource
 
 STATUSES = ("pending", "open", "closed")
@@ -168,8 +170,7 @@ async def _command(
                 connection=connection,
             )
         except InvalidCommand as refusal:
-            errors = field_errors(refusal.errors, location)
-            raise ApiError(422, "validation failed", errors) from refusal
+            raise _invalid(refusal, location) from refusal
         if outcome.state is not None and outcome.state.deleted:
             return Response(status_code=204)
         view = await queries.get_position(connection, position_id, None)
@@ -177,6 +178,10 @@ async def _command(
         return _position_response(view, status, headers)
 
     return await run_command(request, principal.subject, body, operation)
+
+
+def _invalid(refusal: InvalidCommand, location: str) -> ApiError:
+    return ApiError(422, "validation failed", field_errors(refusal.errors, location))
 
 
 async def create_position(request: Request) -> Response:
@@ -196,7 +201,34 @@ async def create_position(request: Request) -> Response:
         pending=status == "pending",
         **fields,
     )
+    if "idempotency-key" not in request.headers:  # a keyed request stores its answer: alone
+        metadata = event_metadata(request, principal)
+        try:
+            view = await _services(request).opens.submit((command, metadata))
+        except InvalidCommand as refusal:
+            raise _invalid(refusal, "body") from refusal
+        except GroupWriteFailed:
+            pass  # refused as a group (perhaps for another's command): this one alone, below
+        else:
+            return _position_response(view, 201, {"Location": f"/positions/{position_id}"})
     return await _command(request, principal, raw, position_id, command, status=201)
+
+
+async def open_together(
+    services: Any, opens: list[tuple[OpenPosition, Metadata]]
+) -> list[queries.PositionView | DomainError]:
+    """New positions of several requests, in one transaction (see GroupCommit)."""
+    # What is logged while writing them belongs to every one of these requests.
+    logs.correlation_id.set(",".join(metadata["correlation_id"] for _, metadata in opens))
+    async with command_transaction(services) as connection:
+        outcomes = await services.handlers.open_together(opens, connection=connection)
+        views = await queries.get_positions(
+            connection, [command.position_id for command, _ in opens]
+        )
+    return [
+        outcome if isinstance(outcome, DomainError) else views[command.position_id]
+        for (command, _), outcome in zip(opens, outcomes, strict=True)
+    ]
 
 
 def _if_match(request: Request) -> int | None:

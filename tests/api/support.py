@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -29,14 +30,22 @@ def b64url(data: bytes) -> str:
 
 
 def db_fetch(dsn: str, statement: str, *arguments: object) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        connection = await asyncpg.connect(dsn)
-        try:
-            return await connection.fetch(statement, *arguments)
-        finally:
-            await connection.close()
+    return asyncio.run(
+        _on_connection(dsn, lambda connection: connection.fetch(statement, *arguments))
+    )
 
-    return asyncio.run(run())
+
+def db_execute(dsn: str, statements: str) -> None:
+    """Run SQL of one or more statements (no parameters: the test's own SQL)."""
+    asyncio.run(_on_connection(dsn, lambda connection: connection.execute(statements)))
+
+
+async def _on_connection(dsn: str, use: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
+    connection = await asyncpg.connect(dsn)
+    try:
+        return await use(connection)
+    finally:
+        await connection.close()
 
 
 def events_of(dsn: str, position_id: str) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ import asyncio
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from decimal import Decimal
@@ -23,7 +23,7 @@ from api.idempotency import forget_expired
 from eventstore import create_pool
 
 from .conftest import Caller
-from .support import db_fetch, event_types, events_of, fresh_symbol
+from .support import db_execute, db_fetch, event_types, events_of, fresh_symbol
 
 Request = Callable[[httpx.Client], httpx.Response]
 
@@ -172,6 +172,112 @@ def test_the_answer_to_a_close_racing_a_delete_always_agrees_with_the_log(
         else:
             assert closed.status_code == 404, closed.text
             assert recorded == ["PositionOpened", "PositionDeleted"]
+
+
+# -- concurrent creates (recorded together: api/transactions.py GroupCommit) --------------------
+
+
+def test_concurrent_creates_each_open_their_own_position_with_their_own_metadata(
+    user: Caller, api_database: str
+) -> None:
+    symbol = fresh_symbol()
+    requests = [
+        lambda client, n=n: client.post(
+            "/positions",
+            json={**BODY, "symbol": symbol, "quantity": n, "notes": f"racer {n}"},
+            headers={"X-Correlation-ID": f"create-{symbol}-{n}"},
+        )
+        for n in range(1, 17)
+    ]
+
+    answers = race(user, requests)
+
+    assert [answer.status_code for answer in answers] == [201] * 16
+    for n, answer in enumerate(answers, 1):
+        body = answer.json()
+        assert (body["quantity"], body["notes"], body["version"]) == (n, f"racer {n}", 1)
+        assert answer.headers["location"] == f"/positions/{body['id']}"
+        assert answer.headers["x-correlation-id"] == f"create-{symbol}-{n}"
+        ((opened, metadata),) = [
+            (e["data"], e["metadata"]) for e in events_of(api_database, body["id"])
+        ]
+        assert (opened["quantity"], opened["notes"]) == (n, f"racer {n}")
+        assert metadata["correlation_id"] == f"create-{symbol}-{n}"
+        assert metadata["actor"] == user.subject
+        assert user.http.get(f"/positions/{body['id']}").json() == body
+    assert len({answer.json()["id"] for answer in answers}) == 16
+
+
+def test_a_create_the_domain_refuses_among_concurrent_ones_is_refused_alone(
+    user: Caller, api_database: str
+) -> None:
+    symbol = fresh_symbol()
+    good = {**BODY, "symbol": symbol}
+    bad = {**good, "stop_loss": 150}  # above the entry of a long: refused by the domain
+    requests = [
+        lambda client, body=body: client.post("/positions", json=body)
+        for body in (good, good, bad, good, good, bad, good, good)
+    ]
+
+    answers = race(user, requests)
+
+    assert [answer.status_code for answer in answers] == [201, 201, 422, 201, 201, 422, 201, 201]
+    for refused in (answers[2], answers[5]):
+        assert [error["loc"] for error in refused.json()["errors"]] == [["body", "stop_loss"]]
+    opened = db_fetch(
+        api_database,
+        "SELECT count(*) AS n FROM events WHERE event_type = 'PositionOpened' "
+        "AND data->>'symbol' = $1",
+        symbol,
+    )
+    assert opened[0]["n"] == 6
+
+
+@pytest.fixture
+def refused_symbol(api_database: str) -> Iterator[str]:
+    """A symbol whose read-model rows the database refuses (a trigger), as a fault would."""
+    symbol = fresh_symbol()
+    db_execute(
+        api_database,
+        f"""
+        CREATE FUNCTION refuse_{symbol}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'refused for the test'; END $$;
+        CREATE TRIGGER refuse_{symbol} BEFORE INSERT ON positions FOR EACH ROW
+        WHEN (NEW.symbol = '{symbol}') EXECUTE FUNCTION refuse_{symbol}();
+        """,
+    )
+    yield symbol
+    db_execute(
+        api_database,
+        f"DROP TRIGGER refuse_{symbol} ON positions; DROP FUNCTION refuse_{symbol}();",
+    )
+
+
+def test_creates_sharing_a_transaction_the_database_refuses_are_recorded_alone(
+    user: Caller, api_database: str, refused_symbol: str
+) -> None:
+    symbol = fresh_symbol()
+    bodies = [{**BODY, "symbol": refused_symbol if n % 4 == 1 else symbol} for n in range(12)]
+    requests = [lambda client, body=body: client.post("/positions", json=body) for body in bodies]
+
+    answers = race(user, requests)
+
+    assert [answer.status_code for answer in answers] == [
+        500 if body["symbol"] == refused_symbol else 201 for body in bodies
+    ]
+    counts = {
+        row["symbol"]: row["n"]
+        for row in db_fetch(
+            api_database,
+            "SELECT data->>'symbol' AS symbol, count(*) AS n FROM events "
+            "WHERE event_type = 'PositionOpened' AND data->>'symbol' = ANY ($1) GROUP BY 1",
+            [symbol, refused_symbol],
+        )
+    }
+    assert counts == {symbol: 9}  # each accepted one once; nothing of the refused ones
+    for answer in answers:
+        if answer.status_code == 201:
+            assert user.http.get(answer.headers["location"]).json() == answer.json()
 
 
 # -- Idempotency-Key -----------------------------------------------------------------------------
