@@ -7,6 +7,7 @@ Pure functions over strings: the route layer reads the header (or `?token=`) and
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -157,18 +158,20 @@ class TokenVerifier:
         )
         # A client sends the same token many times: its signature is checked once, and the
         # principal is reused until the token expires (the only check that changes with time).
-        self._verified: OrderedDict[str, Principal] = OrderedDict()
+        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        """By token: its principal, and the epoch second (leeway included) when it expires."""
 
     def verify(self, token: str) -> Principal:
-        principal = self._verified.get(token)
-        if principal is not None:
-            leeway = timedelta(seconds=self.settings.leeway_seconds)
-            if principal.expires_at + leeway > datetime.now(UTC):
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            principal, expires = remembered
+            if expires > time.time():
                 self._verified.move_to_end(token)
                 return principal
             del self._verified[token]
         principal = self._verify(token)
-        self._verified[token] = principal
+        expires = principal.expires_at.timestamp() + self.settings.leeway_seconds
+        self._verified[token] = (principal, expires)
         if len(self._verified) > self.REMEMBERED:
             self._verified.popitem(last=False)
         return principal

@@ -120,6 +120,16 @@ def _fields(kind: type[msgspec.Struct]) -> dict[str, msgspec.structs.FieldInfo]:
 
 def parse_object(data: dict[str, Any], kind: type[Body], location: str = "body") -> Body:
     fields = _fields(kind)
+    if all(key in fields for key in data):
+        try:
+            body = msgspec.convert(data, kind)  # the usual case: every field in one call
+        except msgspec.ValidationError:
+            pass  # field by field below, to name every problem at once
+        else:
+            _check(
+                {fields[key].name: getattr(body, fields[key].name) for key in data}, [], location
+            )
+            return body
     errors = [{"loc": [location, key], "msg": "unknown field"} for key in data if key not in fields]
     values: dict[str, Any] = {}
     for name, field in fields.items():
@@ -131,9 +141,17 @@ def parse_object(data: dict[str, Any], kind: type[Body], location: str = "body")
             values[field.name] = msgspec.convert(data[name], field.type)
         except msgspec.ValidationError as error:
             errors.append({"loc": [location, name], "msg": _message(error)})
-            continue
-        if isinstance(values[field.name], str) and "\x00" in values[field.name]:
-            errors.append({"loc": [location, name], "msg": NUL_MESSAGE})
+    _check(values, errors, location)
+    return kind(**values)
+
+
+def _check(values: dict[str, Any], errors: list[dict[str, Any]], location: str) -> None:
+    """The rules on the values given (by field name); raises with `errors` and every one broken."""
+    errors += (
+        {"loc": [location, name], "msg": NUL_MESSAGE}
+        for name, value in values.items()
+        if isinstance(value, str) and "\x00" in value
+    )
     rule_errors = check_fields(values)
     broken = {e.field for e in rule_errors} | {e["loc"][-1] for e in errors}
     if {"side", "entry_price"} <= values.keys() and not {"side", "entry_price"} & broken:
@@ -150,7 +168,6 @@ def parse_object(data: dict[str, Any], kind: type[Body], location: str = "body")
         errors.append({"loc": [location, "position_ids"], "msg": f"at most {MAX_BATCH} ids"})
     if errors:
         raise ApiError(422, "validation failed", errors)
-    return kind(**values)
 
 
 def _message(error: msgspec.ValidationError) -> str:

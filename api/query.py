@@ -7,6 +7,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from uuid import UUID
 
+from starlette import datastructures
 from starlette.requests import HTTPConnection
 
 from domain.rules import check_fields
@@ -27,11 +28,15 @@ def in_range(moment: datetime) -> bool:
     return True
 
 
+_NONE = datastructures.QueryParams()
+
+
 class QueryParams:
     """Query parameters, converted one by one, every problem reported together."""
 
     def __init__(self, request: HTTPConnection) -> None:
-        self.params = request.query_params
+        # Most requests have no query: not parsing an empty one saves every such request a step.
+        self.params = request.query_params if request.scope["query_string"] else _NONE
         self.errors: list[dict[str, Any]] = []
 
     def _fail(self, name: str, message: str) -> None:

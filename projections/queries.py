@@ -179,7 +179,8 @@ async def count_open(connection: asyncpg.Connection | asyncpg.Pool, symbols: lis
 # -- portfolio summary -------------------------------------------------------------------------
 
 # Per-row figures as domain/portfolio.py defines them, summed per book, symbol and strategy: one
-# pass over the rows into (symbol, strategy) cells, whose sums the three groupings add up. A trade is a position closed after it was filled (a cancelled order closed nothing).
+# pass over the rows into (symbol, strategy) cells, whose sums the three groupings add up. A trade
+# is a position closed after it was filled (a cancelled order closed nothing).
 # "Within x percent" is compared without dividing: numeric division would round.
 _SUMMARY = f"""
 WITH priced AS (

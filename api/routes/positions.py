@@ -437,12 +437,14 @@ async def update_prices(request: Request) -> Response:
 
 
 routes = [
-    resource("/positions", get=list_positions, post=create_position),
+    # The literal paths first: a 405's Allow header lists the methods of the first route whose
+    # path matches. Then the busiest.
     Route("/positions/bulk-update", bulk_update, methods=["POST"]),
     Route("/positions/update-prices", update_prices, methods=["POST"]),
     resource(
         "/positions/{position_id}", get=get_position, put=amend_position, delete=delete_position
     ),
+    resource("/positions", get=list_positions, post=create_position),
     Route("/positions/{position_id}/open", fill_position, methods=["POST"]),
     Route("/positions/{position_id}/increase", increase_position, methods=["POST"]),
     Route("/positions/{position_id}/close", close_position, methods=["POST"]),
