@@ -49,27 +49,36 @@ class GroupCommit(Generic[Item, Result]):
         write: Callable[[list[Item]], Awaitable[Sequence[Result | Exception]]],
         *,
         limit: int = 100,
-        writers: int = 4,
+        writers: int = 1,
     ) -> None:
         self._write = write
         self._limit = limit
         self._writers = writers
         """Writes in flight at once: while one waits on the database, the next is prepared."""
         self._queue: list[tuple[Item, asyncio.Future[Result]]] = []
-        self._running: set[asyncio.Task[None]] = set()
+        self._writing = 0
+        self._tasks: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references
 
     async def submit(self, item: Item) -> Result:
         """`item`'s result once its transaction has committed; raises its refusal."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
-        if len(self._running) < self._writers:
+        if self._writing < self._writers:
+            self._writing += 1
             # A context of its own: the writer serves many requests, not the one that woke it.
             task = asyncio.create_task(self._drain(), context=contextvars.Context())
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return await future
 
     async def _drain(self) -> None:
+        try:
+            await self._write_queued()
+        finally:
+            # At once, not in a done-callback: a request queued in between would find no writer.
+            self._writing -= 1
+
+    async def _write_queued(self) -> None:
         while self._queue:
             group, self._queue = self._queue[: self._limit], self._queue[self._limit :]
             try:

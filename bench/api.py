@@ -1115,10 +1115,11 @@ async def measure(
 
     def ms_per_call(cpu: str) -> float | None:
         """Over all the calls: a few calls are below the clock tick of /proc's CPU times."""
-        used = [getattr(s, cpu) * s.seconds for s in price_samples]
+        used = [getattr(s, cpu) for s in price_samples]
         if any(u is None for u in used) or not price_ms:
-            return None
-        return sum(used) / len(price_ms) * 1e3
+            return None  # a backend ended between two readings: no figure rather than a wrong one
+        seconds = (u * s.seconds for u, s in zip(used, price_samples, strict=True))
+        return sum(seconds) / len(price_ms) * 1e3
 
     price_rows = [
         [

@@ -39,6 +39,15 @@ async def test_a_request_alone_is_written_at_once() -> None:
     assert writes.groups == [[1]]
 
 
+async def test_a_request_made_as_the_last_write_ends_is_written() -> None:
+    # The write answers without waiting, so each caller asks again before its writer's task has
+    # ended: the writer must be counted free already.
+    group = GroupCommit(Writes(), writers=1)
+    async with asyncio.timeout(1):  # (wait_for would submit from a task of its own, later)
+        for n in range(5):
+            assert await group.submit(n) == n * 10
+
+
 async def test_requests_queued_behind_a_busy_writer_share_the_next_write() -> None:
     writes = Writes()
     writes.release.clear()
