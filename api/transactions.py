@@ -49,7 +49,7 @@ class GroupCommit(Generic[Item, Result]):
         write: Callable[[list[Item]], Awaitable[Sequence[Result | Exception]]],
         *,
         limit: int = 100,
-        writers: int = 1,
+        writers: int = 4,
     ) -> None:
         self._write = write
         self._limit = limit
