@@ -181,52 +181,55 @@ async def count_open(connection: asyncpg.Connection | asyncpg.Pool, symbols: lis
 # Per-row figures as domain/portfolio.py defines them, summed per book, symbol and strategy: one
 # pass over the rows into (symbol, strategy) cells, whose sums the three groupings add up. A trade
 # is a position closed after it was filled (a cancelled order closed nothing).
-# "Within x percent" is compared without dividing: numeric division would round.
+# "Within x percent": the level is at most mark * x/100 (`near`) beyond the mark on its side, with
+# x/100 made exactly in Python (numeric division would round). The short side's exposure is what
+# the long side leaves of the total.
 _SUMMARY = f"""
 WITH priced AS (
     {_PRICED}
     WHERE $1::text IS NULL OR p.owner = $1
 ),
 book AS (
-    SELECT symbol, coalesce(strategy, $3) AS strategy, status, side, realized_pnl,
+    SELECT symbol, coalesce(strategy, $3) AS strategy, status, realized_pnl,
+           status = 'open' AS is_open, side = 'long' AS is_long,
            status = 'closed' AND closed_quantity > 0 AS is_trade,
-           CASE WHEN status = 'open' THEN quantity * coalesce(price, entry_price) END
-               AS market_value,
-           CASE WHEN status = 'open' AND price IS NOT NULL
-                THEN (price - entry_price)
-                     * (CASE side WHEN 'long' THEN quantity ELSE -quantity END)
-                ELSE 0 END AS unrealized_pnl,
-           coalesce(price, entry_price) AS mark,
-           price IS NULL AS unpriced,
-           stop_loss, take_profit
+           quantity, entry_price, coalesce(price, entry_price) AS mark,
+           coalesce(price, entry_price) * $2 AS near,
+           price IS NULL AS unpriced, stop_loss, take_profit
     FROM priced
+),
+held AS (  -- what is held, at its mark
+    SELECT *, CASE WHEN is_open THEN quantity * mark END AS market_value,
+           CASE WHEN is_open AND NOT unpriced
+                THEN (mark - entry_price) * (CASE WHEN is_long THEN quantity ELSE -quantity END)
+                ELSE 0 END AS unrealized_pnl
+    FROM book
 ),
 cell AS (  -- one pass over the rows, per (symbol, strategy); the sets below add the cells up
     SELECT symbol, strategy,
            count(*) AS total_positions,
-           count(*) FILTER (WHERE status = 'open') AS open_positions,
+           count(*) FILTER (WHERE is_open) AS open_positions,
            count(*) FILTER (WHERE status = 'closed') AS closed_positions,
            count(*) FILTER (WHERE status = 'pending') AS pending_positions,
-           count(*) FILTER (WHERE status = 'open' AND side = 'long') AS long_positions,
-           count(*) FILTER (WHERE status = 'open' AND side = 'short') AS short_positions,
-           count(*) FILTER (WHERE status = 'open' AND unpriced) AS unpriced_positions,
+           count(*) FILTER (WHERE is_open AND is_long) AS long_positions,
+           count(*) FILTER (WHERE is_open AND NOT is_long) AS short_positions,
+           count(*) FILTER (WHERE is_open AND unpriced) AS unpriced_positions,
            sum(market_value) AS market_value,
            max(market_value) AS largest_market_value,
-           sum(market_value) FILTER (WHERE side = 'long') AS long_exposure,
-           sum(market_value) FILTER (WHERE side = 'short') AS short_exposure,
+           sum(market_value) FILTER (WHERE is_long) AS long_exposure,
            sum(unrealized_pnl) AS unrealized_pnl,
            sum(realized_pnl) AS realized_pnl,
            count(*) FILTER (WHERE is_trade) AS trades,
            count(*) FILTER (WHERE is_trade AND realized_pnl > 0) AS winning_trades,
            sum(realized_pnl) FILTER (WHERE is_trade AND realized_pnl > 0) AS gross_profit,
            sum(realized_pnl) FILTER (WHERE is_trade AND realized_pnl < 0) AS gross_loss,
-           count(*) FILTER (WHERE status = 'open' AND stop_loss IS NOT NULL AND
-               (CASE side WHEN 'long' THEN mark - stop_loss ELSE stop_loss - mark END) * 100
-                   <= mark * $2) AS positions_at_risk,
-           count(*) FILTER (WHERE status = 'open' AND take_profit IS NOT NULL AND
-               (CASE side WHEN 'long' THEN take_profit - mark ELSE mark - take_profit END) * 100
-                   <= mark * $2) AS positions_near_target
-    FROM book
+           count(*) FILTER (WHERE is_open AND stop_loss IS NOT NULL AND
+               (CASE WHEN is_long THEN mark - stop_loss ELSE stop_loss - mark END) <= near)
+               AS positions_at_risk,
+           count(*) FILTER (WHERE is_open AND take_profit IS NOT NULL AND
+               (CASE WHEN is_long THEN take_profit - mark ELSE mark - take_profit END) <= near)
+               AS positions_near_target
+    FROM held
     GROUP BY symbol, strategy
 )
 SELECT grouping(symbol) AS all_symbols, grouping(strategy) AS all_strategies, symbol, strategy,
@@ -240,7 +243,7 @@ SELECT grouping(symbol) AS all_symbols, grouping(strategy) AS all_strategies, sy
        coalesce(sum(market_value), 0) AS total_market_value,
        coalesce(max(largest_market_value), 0) AS largest_market_value,
        coalesce(sum(long_exposure), 0) AS long_exposure,
-       coalesce(-sum(short_exposure), 0) AS short_exposure,
+       coalesce(sum(long_exposure), 0) - coalesce(sum(market_value), 0) AS short_exposure,
        sum(unrealized_pnl) AS total_unrealized_pnl,
        sum(realized_pnl) AS total_realized_pnl,
        coalesce(sum(trades), 0)::bigint AS trades,
@@ -299,7 +302,7 @@ async def portfolio_summary(
     connection: asyncpg.Connection | asyncpg.Pool, owner: str | None, risk_proximity_pct: Decimal
 ) -> dict[str, Any]:
     """The figures of DOMAIN.md over `owner`'s positions, or over the whole book for None."""
-    rows = await connection.fetch(_SUMMARY, owner, risk_proximity_pct, NO_STRATEGY)
+    rows = await connection.fetch(_SUMMARY, owner, risk_proximity_pct.scaleb(-2), NO_STRATEGY)
     summary: dict[str, Any] = {}  # the grand total row exists even for an empty book
     by_symbol: dict[str, Any] = {}
     by_strategy: dict[str, Any] = {}
