@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
         hub = Hub(store, pool, settings.live_queue_limit)
         feed = Feed(hub, store, pool, redis, settings.redis_key_prefix)
         revocations = Revocations(pool, redis, settings.redis_key_prefix)
+        revocations.on_revoked = hub.revoke
         app.state.services = services = Services(
             settings=settings,
             pool=pool,

@@ -3,7 +3,8 @@
 The list lives in Redis when configured (a sorted set of ids scored by their tokens' expiry),
 else in the database. Each instance keeps a copy in memory, so that checking a request costs
 nothing: it reloads the list every second, and the instance that revokes knows at once. So a
-revocation takes effect everywhere within about a second.
+revocation takes effect everywhere within about a second, live connections included: they are
+ended as each instance learns of it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -29,6 +31,9 @@ class Revocations:
         self._key = f"{key_prefix}:revoked"
         self._revoked: dict[str, float] = {}
         """Revoked ids, each with the time (epoch seconds) its token expires."""
+        self.on_revoked: Callable[[set[str]], object] | None = None
+        """Told of the ids revoked since it was last told: to end the live connections of their
+        tokens."""
 
     def is_revoked(self, token_id: str | None) -> bool:
         return token_id is not None and token_id in self._revoked
@@ -46,6 +51,7 @@ class Revocations:
                 expires_at,
             )
         self._revoked[token_id] = expires_at.timestamp()
+        self._tell({token_id})
 
     async def forget_expired(self) -> None:
         """Drop the rows of tokens that have expired anyway (Redis drops its own on reload)."""
@@ -74,4 +80,9 @@ class Revocations:
             revoked = {row["jti"]: row["expires_at"].timestamp() for row in rows}
         # Keep what this instance revoked a moment ago even if the reload raced it.
         recent = {jti: t for jti, t in self._revoked.items() if t > now and jti not in revoked}
-        self._revoked = revoked | recent
+        known, self._revoked = self._revoked, revoked | recent
+        self._tell(self._revoked.keys() - known.keys())
+
+    def _tell(self, token_ids: set[str]) -> None:
+        if token_ids and self.on_revoked is not None:
+            self.on_revoked(token_ids)

@@ -22,7 +22,7 @@ from ..errors import ApiError
 from ..query import BIGGEST, QueryParams
 from ..security import READERS_OF_EVERYTHING, authenticate
 from .changes import Change
-from .hub import Hub, HubClosed, Subscriber, TooSlow
+from .hub import Hub, HubClosed, Revoked, Subscriber, TooSlow
 
 KEEPALIVE_SECONDS = 15.0
 """A comment line this often keeps proxies from closing a quiet stream."""
@@ -64,7 +64,9 @@ async def events_stream(request: Request) -> Response:
         )
 
     everything = principal.role in READERS_OF_EVERYTHING
-    subscriber = services.hub.subscribe(None if everything else principal.subject, wants)
+    subscriber = services.hub.subscribe(
+        None if everything else principal.subject, wants, token_id=principal.token_id
+    )
     if start is None:  # from now: after everything committed before the request
         start = max(subscriber.joined_at, await services.store.head())
     return StreamingResponse(
@@ -89,8 +91,8 @@ async def _events(
                 change.event_type.encode(),
                 change.event,
             )
-    except (TooSlow, HubClosed):
-        return  # the client reconnects with Last-Event-ID and misses nothing
+    except (TooSlow, HubClosed, Revoked):
+        return  # the client reconnects with Last-Event-ID: it misses nothing, or is refused
     finally:
         hub.unsubscribe(subscriber)
         open_streams.dec()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import aclosing
 from datetime import UTC, datetime
 
@@ -39,6 +39,10 @@ class Expired(Exception):
     """The subscriber's time is up (its token expired)."""
 
 
+class Revoked(Exception):
+    """The subscriber's token was revoked."""
+
+
 class Subscriber:
     __slots__ = (
         "owner",
@@ -51,6 +55,7 @@ class Subscriber:
         "on_change",
         "on_failure",
         "until",
+        "token_id",
     )
 
     def __init__(self, owner: str | None, wants: Filter, limit: int, joined_at: Position) -> None:
@@ -71,6 +76,8 @@ class Subscriber:
         """Called once on failure: e.g. to stop a sender that is stuck writing to a slow client."""
         self.until: datetime | None = None
         """When the hub ends the subscription with Expired."""
+        self.token_id: str | None = None
+        """The `jti` of the subscriber's token: its revocation ends the subscription."""
 
     def accepts(self, change: Change) -> bool:
         mine = self.owner is None or change.owner is None or change.owner == self.owner
@@ -139,6 +146,7 @@ class Hub:
         self._ending: dict[datetime, tuple[asyncio.TimerHandle, set[Subscriber]]] = {}
         """Subscribers by the moment they expire: one timer for all those that end together (the
         sockets of one token), not one each."""
+        self._by_token: dict[str, set[Subscriber]] = {}
 
     @property
     def has_subscribers(self) -> bool:
@@ -157,10 +165,18 @@ class Hub:
                 subscriber.offer(change)
 
     def subscribe(
-        self, owner: str | None, wants: Filter, until: datetime | None = None
+        self,
+        owner: str | None,
+        wants: Filter,
+        until: datetime | None = None,
+        token_id: str | None = None,
     ) -> Subscriber:
-        """A subscriber to the changes it wants; with `until`, failed with Expired then."""
+        """A subscriber to the changes it wants; with `until`, failed with Expired then; with
+        `token_id`, failed with Revoked when that token is revoked."""
         subscriber = Subscriber(owner, wants, self._queue_limit, self.cursor)
+        if token_id is not None:
+            subscriber.token_id = token_id
+            self._by_token.setdefault(token_id, set()).add(subscriber)
         if owner is None:
             self._everyone.add(subscriber)
         else:
@@ -181,6 +197,11 @@ class Hub:
             group.discard(subscriber)
             if not group:
                 del self._by_owner[subscriber.owner]
+        if (token_id := subscriber.token_id) is not None and token_id in self._by_token:
+            same_token = self._by_token[token_id]
+            same_token.discard(subscriber)
+            if not same_token:
+                del self._by_token[token_id]
         if subscriber.until in self._ending:
             timer, ending = self._ending[subscriber.until]
             ending.discard(subscriber)
@@ -191,6 +212,12 @@ class Hub:
     def _expire(self, until: datetime) -> None:
         for subscriber in self._ending.pop(until)[1]:
             subscriber.fail(Expired())
+
+    def revoke(self, token_ids: Iterable[str]) -> None:
+        """Ends the subscriptions of these tokens."""
+        for token_id in token_ids:
+            for subscriber in self._by_token.pop(token_id, ()):
+                subscriber.fail(Revoked())
 
     def close(self) -> None:
         """Ends every subscription: the service is going away."""

@@ -1,6 +1,7 @@
 """`WS /ws/positions`: the caller's book, then every change to it as it happens.
 
-Close codes: 4401 bad or expired token (before any data, or when the token expires), 4400 a
+Close codes: 4401 bad, expired or revoked token (before any data, or when the token expires or is
+revoked), 4400 a
 malformed `after`, 4408 too slow to keep up (resume with `after=`), 1001 the service is stopping.
 """
 
@@ -22,7 +23,7 @@ from ..auth import AuthError
 from ..query import BIGGEST
 from ..security import READERS_OF_EVERYTHING, refuse_if_revoked
 from .changes import Change
-from .hub import Expired, HubClosed, Subscriber, TooSlow
+from .hub import Expired, HubClosed, Revoked, Subscriber, TooSlow
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class _ClientLeft(Exception):
 _CLOSE_CODES: dict[type[Exception], tuple[int, str]] = {
     TooSlow: (4408, "too slow to keep up: reconnect with after=<last position>"),
     Expired: (4401, "token expired"),
+    Revoked: (4401, "token revoked"),
     HubClosed: (1001, "service stopping"),
 }
 
@@ -57,7 +59,9 @@ async def positions_socket(websocket: WebSocket) -> None:
         return
     owner = None if principal.role in READERS_OF_EVERYTHING else principal.subject
     hub = services.hub
-    subscriber = hub.subscribe(owner, _everything, until=principal.expires_at)
+    subscriber = hub.subscribe(
+        owner, _everything, until=principal.expires_at, token_id=principal.token_id
+    )
     open_sockets = services.metrics.open_streams.labels("websocket")
     open_sockets.inc()
     # This task only waits for the client to leave (what it sends is ignored: uvicorn bounds its

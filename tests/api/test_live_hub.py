@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from api.live.changes import Change
-from api.live.hub import Subscriber, TooSlow
+from api.live.hub import Hub, Revoked, Subscriber, TooSlow
 from api.live.websocket import _CLOSE_CODES
 from eventstore import START
 
@@ -34,3 +34,25 @@ async def test_a_subscriber_gets_its_owners_changes_and_everyones_prices_in_orde
         subscriber.offer(change)
 
     assert [(await subscriber.next()).global_position for _ in range(3)] == [1, 3, 4]
+
+
+async def test_revoking_a_token_fails_its_subscribers_only_and_forgets_them() -> None:
+    hub = Hub(store=None, pool=None, queue_limit=10)  # type: ignore[arg-type]  # not used here
+    everything = lambda change: True  # noqa: E731
+    first, second = (hub.subscribe("ann", everything, token_id="t1") for _ in range(2))
+    other_token = hub.subscribe("ann", everything, token_id="t2")
+    no_token = hub.subscribe(None, everything)
+
+    hub.revoke({"t1", "never-used"})
+    hub.unsubscribe(first)
+    hub.unsubscribe(second)
+
+    for revoked in (first, second):
+        with pytest.raises(Revoked):
+            await revoked.next()
+    assert other_token.failure is None and no_token.failure is None
+    hub.publish(_change(1))
+    assert (await other_token.next()).global_position == 1
+    hub.unsubscribe(other_token)
+    hub.unsubscribe(no_token)
+    assert not hub.has_subscribers and not hub._by_token

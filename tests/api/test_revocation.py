@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -84,6 +85,52 @@ def test_a_revoked_token_is_refused_by_every_instance_on_every_channel(
         client.close()
     else:
         assert [row["jti"] for row in stored] == [jti]
+
+
+@pytest.mark.parametrize("with_redis", [False, True], ids=["database", "redis"])
+def test_revoking_a_token_ends_its_live_connections_on_every_instance(
+    database_url: str, redis_url: str, with_redis: bool
+) -> None:
+    env = {"DATABASE_URL": database_url}
+    if with_redis:
+        env |= {"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": f"test-{uuid.uuid4().hex}"}
+    jti = str(uuid.uuid4())
+    revoked = token("victim", token_id=jti)
+    other = token("victim", token_id=str(uuid.uuid4()))
+    with running_service(env) as first, running_service(env) as second:
+        sockets = second.replace("http", "ws") + "/ws/positions?token="
+        with (
+            connect(sockets + revoked) as doomed,
+            connect(sockets + other) as spared,
+            httpx.stream(
+                "GET",
+                f"{second}/events/stream",
+                headers={"Authorization": f"Bearer {revoked}"},
+                timeout=DEADLINE,
+            ) as events,
+        ):
+            assert json.loads(doomed.recv(timeout=10))["type"] == "initial_data"
+            assert json.loads(spared.recv(timeout=10))["type"] == "initial_data"
+            lines = events.iter_lines()
+            assert next(lines) == "retry: 1000"
+            started = time.monotonic()
+
+            revoking = _revoke(
+                first, jti, expires_at=(datetime.now(UTC) + timedelta(hours=1)).isoformat()
+            )
+
+            with pytest.raises(ConnectionClosed) as closed:
+                doomed.recv(timeout=DEADLINE)
+            socket_closed_after = time.monotonic() - started
+            rest = list(lines)  # ends when the stream does (a read timeout fails the test)
+            stream_ended_after = time.monotonic() - started
+            spared_answers = spared.ping().wait(2)
+
+    assert revoking.status_code == 200
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4401, "token revoked")
+    assert socket_closed_after < DEADLINE and stream_ended_after < DEADLINE
+    assert all(line in ("", ": keep-alive") for line in rest), rest
+    assert spared_answers  # another token of the same user keeps its socket
 
 
 def test_only_admins_revoke_and_bodies_are_checked(
