@@ -299,6 +299,13 @@ def _increase(command: IncreasePosition, state: Position | None) -> list[Event]:
     rules.amount("quantity", command.quantity, errors)
     rules.amount("price", command.price, errors)
     _refuse_if_any(errors)
+    if state.quantity + command.quantity > rules.MAX_MAGNITUDE:  # the total obeys the same bound
+        room = rules.MAX_MAGNITUDE - state.quantity
+        held, limit = f"{state.quantity:f}", f"{rules.MAX_MAGNITUDE:f}"
+        errors.append(
+            FieldError("quantity", f"must be at most {room:f} ({held} held, {limit} in all)")
+        )
+    _refuse_if_any(errors)
     return [PositionIncreased(at=command.at, quantity=command.quantity, price=command.price)]
 
 

@@ -548,6 +548,13 @@ def test_the_average_entry_price_is_rounded_half_to_even(
     assert state is not None and state.entry_price == D(average)
 
 
+def test_adding_past_the_largest_quantity_is_refused_and_up_to_it_accepted() -> None:
+    held = opened(quantity="999999999999", entry_price="1")
+    given(held).when(increase("1.00000001", "1")).then_refuses(InvalidCommand, errors=["quantity"])
+    state = given(held).when(increase("1", "1")).then(increased("1", "1"))
+    assert state is not None and state.quantity == D("1000000000000")
+
+
 def test_adding_to_a_pending_order_is_refused() -> None:
     given(ordered()).when(increase("1", "100")).then_refuses(NotOpen)
 
