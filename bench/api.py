@@ -101,6 +101,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bench.common import (
+    DISTURBED,
     backend_pids,
     database_dsn,
     drop_database,
@@ -120,7 +121,6 @@ STRATEGIES = ["momentum", "carry", "mean-revert", "pairs", None]
 CREATE_BODY = '{"symbol":"AAPL","side":"long","quantity":10,"entry_price":100}'
 READ_IDS = 2000  # whale position ids the single reads cycle over
 CREATE_TARGET, READ_TARGET, SUMMARY_P99_MS = 0.5, 0.7, 25.0
-DISTURBED = 0.35  # cores used by other processes above which a phase is marked
 SETTLE = 0.5  # seconds of rest before each phase
 
 

@@ -4,11 +4,48 @@ from __future__ import annotations
 
 import os
 import statistics
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+DISTURBED = 0.35
+"""Cores used by other processes above which a phase is marked: its figures are suspect."""
+
+
+@dataclass
+class EventsSample:
+    """A phase that handled `events` in `seconds`, and the CPU it took."""
+
+    events: int
+    seconds: float
+    client_cpu: float  # cores used by this Python process (1.0 = one core saturated)
+    server_cpu: float | None  # cores used by the PostgreSQL backends of the bench database
+    machine_cpu: float  # cores busy on the whole machine
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+    @property
+    def other_cpu(self) -> float | None:
+        """Cores busy with anything else: WAL writer, checkpointer, other people's processes."""
+        if self.server_cpu is None:
+            return None
+        return max(0.0, self.machine_cpu - self.client_cpu - self.server_cpu)
+
+    def mark(self) -> str:
+        """'*' when something else took a noticeable share of the machine during the phase."""
+        other = self.other_cpu
+        return "*" if other is not None and other > DISTURBED else " "
+
+    def us_per_event(self, cores: float | None) -> float | None:
+        """CPU time per event, in microseconds, of something that used `cores` on average."""
+        if cores is None or not self.events:
+            return None
+        return cores * self.seconds / self.events * 1e6
 
 
 def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:

@@ -54,6 +54,8 @@ import asyncpg
 import msgspec
 
 from bench.common import (
+    DISTURBED,
+    EventsSample,
     backend_pids,
     database_dsn,
     drop_database,
@@ -77,7 +79,6 @@ DEFAULT_ADMIN_DSN = "postgresql:///postgres"
 BATCH = 5000
 WRITERS = 16
 TARGET = 0.70
-DISTURBED = 0.35  # cores used by other processes above which a sample is marked
 
 BASELINE_TABLE = """
 CREATE TABLE bench_baseline (
@@ -163,40 +164,13 @@ def make_payloads(count: int, seed: int = 20251124) -> list[Payload]:
 
 
 @dataclass
-class Sample:
-    events: int
-    seconds: float
-    client_cpu: float  # cores used by this Python process (1.0 = one core saturated)
-    server_cpu: float | None  # cores used by the PostgreSQL backends of the bench database
-    machine_cpu: float  # cores busy on the whole machine
+class Sample(EventsSample):
     wal_bytes: int  # WAL written by the whole server during the phase
     checkpoints: int  # checkpoints that started during the phase
 
     @property
-    def rate(self) -> float:
-        return self.events / self.seconds if self.seconds else 0.0
-
-    @property
     def wal_per_event(self) -> float:
         return self.wal_bytes / self.events if self.events else 0.0
-
-    @property
-    def other_cpu(self) -> float | None:
-        """Cores busy with anything else: WAL writer, checkpointer, other people's processes."""
-        if self.server_cpu is None:
-            return None
-        return max(0.0, self.machine_cpu - self.client_cpu - self.server_cpu)
-
-    def mark(self) -> str:
-        """'*' when something else took a noticeable share of the machine during the phase."""
-        other = self.other_cpu
-        return "*" if other is not None and other > DISTURBED else " "
-
-    def us_per_event(self, cores: float | None) -> float | None:
-        """CPU time per event, in microseconds, of something that used `cores` on average."""
-        if cores is None or not self.events:
-            return None
-        return cores * self.seconds / self.events * 1e6
 
 
 class Meter:

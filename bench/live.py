@@ -106,6 +106,7 @@ import msgspec
 
 from bench.clients import HttpPool, RawSocket
 from bench.common import (
+    DISTURBED,
     backend_pids,
     database_dsn,
     drop_database,
@@ -126,7 +127,6 @@ MEMORY_TARGET_KIB = 30.0
 P99_TARGET_MS = {"small": 100.0, "large": 500.0}
 DRIVER_CONNECTIONS = 32
 HELD_SECONDS = 0.1  # a command whose event reached no socket within this was held up server-side
-DISTURBED = 0.35  # cores used by other processes above which a phase is marked
 OPEN_CONCURRENCY = 32  # handshakes in flight per client process
 
 

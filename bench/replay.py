@@ -85,6 +85,8 @@ from uuid import UUID
 import asyncpg
 
 from bench.common import (
+    DISTURBED,
+    EventsSample,
     backend_pids,
     database_dsn,
     drop_database,
@@ -129,7 +131,6 @@ WRITE_BATCH = 5000  # events per atomic append while generating
 POOL_SIZE = 3  # the runner holds one connection and reads the log through another
 REPLAY_TARGET = 0.5
 REBUILD_SECONDS = 60.0  # for 1,000,000 events
-DISTURBED = 0.35  # cores used by other processes above which a phase is marked
 
 RAW_READ = f"""
 SELECT {EventStore.COLUMNS}
@@ -486,32 +487,8 @@ async def generate(store: EventStore, generator: LogGenerator) -> float:
 
 
 @dataclass
-class Sample:
-    events: int
-    seconds: float
-    client_cpu: float  # cores used by this process
-    server_cpu: float | None  # cores used by the backends of the bench database
-    machine_cpu: float  # cores busy on the whole machine
+class Sample(EventsSample):
     seq_scans: int | None = None  # of the positions table the projector wrote
-
-    @property
-    def rate(self) -> float:
-        return self.events / self.seconds if self.seconds else 0.0
-
-    @property
-    def other_cpu(self) -> float | None:
-        if self.server_cpu is None:
-            return None
-        return max(0.0, self.machine_cpu - self.client_cpu - self.server_cpu)
-
-    def mark(self) -> str:
-        other = self.other_cpu
-        return "*" if other is not None and other > DISTURBED else " "
-
-    def us_per_event(self, cores: float | None) -> float | None:
-        if cores is None or not self.events:
-            return None
-        return cores * self.seconds / self.events * 1e6
 
 
 class Meter:
