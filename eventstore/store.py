@@ -424,6 +424,16 @@ class EventStore:
         row = await self._pool.fetchrow(_HEAD)
         return Position(row["tx_id"], row["global_position"]) if row else START
 
+    async def heads(self) -> AsyncIterator[Position]:
+        """`head()`, now and again each time the log may have grown: for a follower that needs to
+        know where the log is, not what it holds. Never ends by itself, like subscribe()."""
+        async with self._notifier.waiter() as wake:
+            while True:
+                wake.clear()
+                yield await self.head()
+                await self._notifier.ensure_listening()
+                await _wait(wake, self._poll_interval)
+
     async def snapshot(self, connection: asyncpg.Connection) -> LogSnapshot:
         """What the transaction on `connection` sees of the log.
 

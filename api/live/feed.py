@@ -95,17 +95,31 @@ class Feed:
     # -- from the log ------------------------------------------------------------------------
 
     async def _follow_log(self) -> None:
-        view = None
+        while True:
+            await self._pass_over_while_unheard()
+            await self._publish_while_heard()
+
+    async def _pass_over_while_unheard(self) -> None:
+        """While no one subscribes (an instance that only serves commands), keep the hub at the
+        log's head without reading an event: reading, decoding and rendering each one back would
+        cost every command CPU for nothing."""
+        async with aclosing(self._store.heads()) as heads:
+            async for head in heads:
+                # Checked after the read: a subscriber that joined meanwhile is owed the changes
+                # from the cursor it joined at, so the cursor stays.
+                if self._hub.has_subscribers:
+                    return
+                self._hub.cursor = max(self._hub.cursor, head)
+
+    async def _publish_while_heard(self) -> None:
+        """Publish every change until no one subscribes. A view made afresh loads what it needs
+        as of its first event, so nothing it cached while others wrote is used."""
+        view = LiveView(self._store, self._pool)
         async with aclosing(self._store.subscribe(self._hub.cursor)) as events:
             async for event in events:
                 if not self._hub.has_subscribers:
-                    # Nobody to tell (an instance that only serves commands): rendering costs
-                    # a sixth of a create's CPU. A view started afresh loads what it needs as of
-                    # its first event.
-                    view = None
-                    self._hub.cursor = event.position
-                    continue
-                view = view or LiveView(self._store, self._pool)
+                    self._hub.cursor = event.position  # passed over: no one to tell
+                    return
                 for update in await view.updates([event]):
                     self._hub.publish(render(update))
 

@@ -1,0 +1,72 @@
+"""The live feed without Redis: it reads the log only while someone listens."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import asyncpg
+
+from api.live.feed import Feed
+from api.live.hub import Hub
+from commands import PositionHandlers
+from domain.commands import OpenPosition
+from eventstore import EventStore
+from projections.positions import project_positions
+
+from ..projections.test_rebuild import random_workload
+
+
+async def _until(condition, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await condition():
+            await asyncio.sleep(0.02)
+
+
+async def test_a_feed_nobody_listens_to_reads_no_event_yet_the_next_listener_misses_none(
+    pool: asyncpg.Pool,
+) -> None:
+    store = EventStore(pool, inline_projectors=[project_positions], poll_interval=0.2)
+    handlers = PositionHandlers(store)
+    hub = Hub(store, pool, queue_limit=100)
+    read_back: list[object] = []
+    reader = store._read_batch
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        read_back.append(args)
+        return await reader(*args, **kwargs)
+
+    store._read_batch = counted  # type: ignore[method-assign]  # a spy on the real store
+    feeding = asyncio.create_task(Feed(hub, store, pool, None).run())
+    try:
+        await random_workload(handlers, seed=7, steps=60)
+        head = await store.head()
+
+        async def at_head() -> bool:
+            return hub.cursor == head
+
+        await _until(at_head)
+        unheard_reads = len(read_back)
+        listener = hub.subscribe(None, lambda change: True)
+        position_id = uuid.uuid4()
+        command = OpenPosition(
+            at=datetime.now(UTC),
+            position_id=position_id,
+            owner="ann",
+            symbol="AAPL",
+            side="long",
+            quantity=Decimal(1),
+            entry_price=Decimal(100),
+        )
+        await handlers.handle(position_id, command, {"actor": "ann"})
+        change = await asyncio.wait_for(listener.next(), 10)
+    finally:
+        feeding.cancel()
+        await asyncio.gather(feeding, return_exceptions=True)
+        await store.close()
+
+    assert unheard_reads == 0  # the log grew by 60 commands: not one event was read back
+    assert change is not None and change.position_id == str(position_id)
+    assert change.cursor > head and change.event_type == "PositionOpened"
