@@ -67,6 +67,19 @@ async def test_head_reaches_the_last_event_once_it_is_final(store: EventStore) -
     assert await store.head() == last[0].position
 
 
+async def test_heads_says_the_head_again_soon_after_each_append(pool: asyncpg.Pool) -> None:
+    store = EventStore(pool, poll_interval=30)  # so only the append's wake-up can be seen in time
+    try:
+        async with asyncio.timeout(5):
+            heads = store.heads()
+            assert await anext(heads) == START
+            appended = await store.append(new_stream(), [new_event()])
+            assert await anext(heads) == appended[0].position
+            await heads.aclose()
+    finally:
+        await store.close()
+
+
 async def test_newest_is_the_last_committed_event_even_when_not_yet_final(
     store: EventStore, pool: asyncpg.Pool
 ) -> None:
