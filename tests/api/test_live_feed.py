@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
-from decimal import Decimal
 
 import asyncpg
 
 from api.live.feed import Feed
 from api.live.hub import Hub
 from commands import PositionHandlers
-from domain.commands import OpenPosition
 from eventstore import EventStore
 from projections.positions import project_positions
 
+from ..domain.given import open_position
 from ..projections.test_rebuild import random_workload
 
 
@@ -51,15 +49,7 @@ async def test_a_feed_nobody_listens_to_reads_no_event_yet_the_next_listener_mis
         unheard_reads = len(read_back)
         listener = hub.subscribe(None, lambda change: True)
         position_id = uuid.uuid4()
-        command = OpenPosition(
-            at=datetime.now(UTC),
-            position_id=position_id,
-            owner="ann",
-            symbol="AAPL",
-            side="long",
-            quantity=Decimal(1),
-            entry_price=Decimal(100),
-        )
+        command = open_position(position_id=position_id)
         await handlers.handle(position_id, command, {"actor": "ann"})
         change = await asyncio.wait_for(listener.next(), 10)
     finally:
