@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar
 
 import asyncpg
+
+log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -84,6 +87,7 @@ class GroupCommit(Generic[Item, Result]):
             try:
                 results = await self._write([item for item, _ in group])
             except BaseException as error:
+                log.warning("a shared write of %d requests failed: %r", len(group), error)
                 for _, future in group:
                     if not future.done():
                         future.set_exception(GroupWriteFailed(str(error)))
