@@ -35,11 +35,9 @@ class RequestContextMiddleware:
         if scope["type"] not in {"http", "websocket"}:
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        given = (headers.get(b"x-correlation-id") or headers.get(b"x-request-id") or b"").decode(
-            "latin-1"
-        )
-        correlation_id = given if _SAFE_ID.fullmatch(given) else str(uuid.uuid4())
+        # In a function of its own: this frame lives as long as the connection (thousands of
+        # WebSockets), and must not keep the headers alive.
+        correlation_id = _correlation_id(scope)
         scope.setdefault("state", {})["correlation_id"] = correlation_id
         logs.correlation_id.set(correlation_id)
         if scope["type"] == "websocket":  # no headers to add; the socket ends its own faults
@@ -65,6 +63,14 @@ class RequestContextMiddleware:
         finally:
             if self.access_log is not None:
                 self.access_log.record(scope, status or 500, time.perf_counter() - started_at)
+
+
+def _correlation_id(scope: Scope) -> str:
+    headers = dict(scope["headers"])
+    given = (headers.get(b"x-correlation-id") or headers.get(b"x-request-id") or b"").decode(
+        "latin-1"
+    )
+    return given if _SAFE_ID.fullmatch(given) else str(uuid.uuid4())
 
 
 def event_metadata(connection: HTTPConnection, principal: Principal) -> dict[str, Any]:
