@@ -102,33 +102,38 @@ def evolve(state: Position | None, event: Event) -> Position:
         assert state is None, "PositionOpened on an existing position"
         return _opened(event)
     assert state is not None, f"{type(event).__name__} before PositionOpened"
-    with rules.exact():
-        match event:
-            case PositionFilled(entry_price=price):
-                return _next(state, event, status="open", entry_price=price, opened_at=event.at)
-            case PositionIncreased(quantity=quantity, price=price):
+    # A replay runs this for every event of the log: the most frequent events come first (a match
+    # tries its cases in order), and only the cases that compute enter the exact decimal context
+    # (entering one costs about a microsecond, a fifth of the fold).
+    match event:
+        case PositionMarked(price=price):
+            return _next(state, event, current_price=price)
+        case StopLossMoved(stop_loss=stop_loss):
+            return _next(state, event, stop_loss=stop_loss)
+        case PositionFilled(entry_price=price):
+            return _next(state, event, status="open", entry_price=price, opened_at=event.at)
+        case PositionIncreased(quantity=quantity, price=price):
+            with rules.exact():
                 total = state.quantity + quantity
                 average = (state.entry_price * state.quantity + price * quantity) / total
                 return _next(state, event, quantity=total, entry_price=rules.price_places(average))
-            case StopLossMoved(stop_loss=stop_loss):
-                return _next(state, event, stop_loss=stop_loss)
-            case TakeProfitMoved(take_profit=take_profit):
-                return _next(state, event, take_profit=take_profit)
-            case NotesChanged(notes=notes):
-                return _next(state, event, notes=notes)
-            case StrategyChanged(strategy=strategy):
-                return _next(state, event, strategy=strategy)
-            case PositionMarked(price=price):
-                return _next(state, event, current_price=price)
-            case PositionReduced(quantity=quantity, price=price, realized_pnl=pnl):
+        case TakeProfitMoved(take_profit=take_profit):
+            return _next(state, event, take_profit=take_profit)
+        case NotesChanged(notes=notes):
+            return _next(state, event, notes=notes)
+        case StrategyChanged(strategy=strategy):
+            return _next(state, event, strategy=strategy)
+        case PositionReduced(quantity=quantity, price=price, realized_pnl=pnl):
+            with rules.exact():
                 return _next(
                     state,
                     event,
                     quantity=state.quantity - quantity,
                     **_closing(state, quantity, price, pnl),
                 )
-            case PositionClosedEvent(quantity=quantity, price=price, realized_pnl=pnl):
-                # A closed position keeps the price it last traded at.
+        case PositionClosedEvent(quantity=quantity, price=price, realized_pnl=pnl):
+            # A closed position keeps the price it last traded at.
+            with rules.exact():
                 return _next(
                     state,
                     event,
@@ -139,10 +144,10 @@ def evolve(state: Position | None, event: Event) -> Position:
                     closed_at=event.at,
                     **_closing(state, quantity, price, pnl),
                 )
-            case PositionCancelled():
-                return _next(state, event, status="closed", quantity=ZERO, closed_at=event.at)
-            case PositionDeleted():
-                return _next(state, event, deleted=True)
+        case PositionCancelled():
+            return _next(state, event, status="closed", quantity=ZERO, closed_at=event.at)
+        case PositionDeleted():
+            return _next(state, event, deleted=True)
     raise TypeError(f"a position does not know {type(event).__name__}")
 
 
