@@ -102,6 +102,7 @@ from starlette.routing import Route
 
 from bench.common import (
     DISTURBED,
+    PhaseSample,
     backend_pids,
     database_dsn,
     drop_database,
@@ -226,7 +227,7 @@ def _children_seconds() -> float:
 
 
 @dataclass
-class Sample:
+class Sample(PhaseSample):
     requests: int
     seconds: float
     p50_ms: float | None
@@ -235,28 +236,16 @@ class Sample:
     app_cpu: float | None  # cores used by the server process under test
     server_cpu: float | None  # cores used by the PostgreSQL backends of the bench database
     load_cpu: float  # cores used by the load generator (wrk) and this process
-    machine_cpu: float  # cores busy on the whole machine
+    machine_cpu: float
 
-    @property
-    def rate(self) -> float:
-        return self.requests / self.seconds if self.seconds else 0.0
+    def handled(self) -> int:
+        return self.requests
 
-    @property
-    def other_cpu(self) -> float | None:
-        """Cores busy with anything else: WAL writer, autovacuum, other people's processes."""
-        if self.app_cpu is None or self.server_cpu is None:
-            return None
-        return max(0.0, self.machine_cpu - self.app_cpu - self.server_cpu - self.load_cpu)
+    def measured_cpu(self) -> tuple[float | None, ...]:
+        return self.app_cpu, self.server_cpu, self.load_cpu
 
     def mark(self) -> str:
-        other = self.other_cpu
-        flag = "!" if self.errors else ""
-        return flag + ("*" if other is not None and other > DISTURBED else " ")
-
-    def us_per_request(self, cores: float | None) -> float | None:
-        if cores is None or not self.requests:
-            return None
-        return cores * self.seconds / self.requests * 1e6
+        return ("!" if self.errors else "") + ("*" if self.disturbed() else " ")
 
 
 class Meter:
@@ -1021,8 +1010,8 @@ async def measure(
                 f"{max(rates):,.0f}",
                 _ms(median([s.p50_ms for s in runs])),
                 _ms(median([s.p99_ms for s in runs])),
-                num(median([s.us_per_request(s.app_cpu) for s in runs])),
-                num(median([s.us_per_request(s.server_cpu) for s in runs])),
+                num(median([s.us_per(s.app_cpu) for s in runs])),
+                num(median([s.us_per(s.server_cpu) for s in runs])),
                 f"{median([s.load_cpu for s in runs]):.2f}",
                 f"{median([s.machine_cpu for s in runs]):.2f}",
                 num(median([s.other_cpu for s in runs]), ".2f"),
@@ -1063,8 +1052,8 @@ async def measure(
     def worker_ratio(top: str, bottom: str) -> str:
         """bare / service server-process CPU per request: the throughput ratio when each
         server's one worker is the bottleneck, whatever else runs on the machine."""
-        t = median([s.us_per_request(s.app_cpu) for s in samples[top]])
-        b = median([s.us_per_request(s.app_cpu) for s in samples[bottom]])
+        t = median([s.us_per(s.app_cpu) for s in samples[top]])
+        b = median([s.us_per(s.app_cpu) for s in samples[bottom]])
         return "-" if not t or not b else f"{b / t:.2f}"
 
     ratio_rows, missed = [], []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import statistics
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -15,37 +16,63 @@ DISTURBED = 0.35
 """Cores used by other processes above which a phase is marked: its figures are suspect."""
 
 
+class PhaseSample(ABC):
+    """What a phase's figures give: its rate, the CPU of everything else, and a cost per item."""
+
+    seconds: float
+    machine_cpu: float  # cores busy on the whole machine
+
+    @abstractmethod
+    def handled(self) -> int:
+        """The events or requests the phase handled."""
+
+    @abstractmethod
+    def measured_cpu(self) -> tuple[float | None, ...]:
+        """The cores used by each part the bench measures (None: not read)."""
+
+    @property
+    def rate(self) -> float:
+        return self.handled() / self.seconds if self.seconds else 0.0
+
+    @property
+    def other_cpu(self) -> float | None:
+        """Cores busy with anything else: WAL writer, checkpointer, other people's processes."""
+        measured = self.measured_cpu()
+        if None in measured:
+            return None
+        return max(0.0, self.machine_cpu - sum(measured))  # type: ignore[arg-type]
+
+    def disturbed(self) -> bool:
+        """Whether something else took a noticeable share of the machine during the phase."""
+        other = self.other_cpu
+        return other is not None and other > DISTURBED
+
+    def us_per(self, cores: float | None) -> float | None:
+        """CPU time per event or request, in microseconds, of something that used `cores`."""
+        handled = self.handled()
+        if cores is None or not handled:
+            return None
+        return cores * self.seconds / handled * 1e6
+
+
 @dataclass
-class EventsSample:
+class EventsSample(PhaseSample):
     """A phase that handled `events` in `seconds`, and the CPU it took."""
 
     events: int
     seconds: float
     client_cpu: float  # cores used by this Python process (1.0 = one core saturated)
     server_cpu: float | None  # cores used by the PostgreSQL backends of the bench database
-    machine_cpu: float  # cores busy on the whole machine
+    machine_cpu: float
 
-    @property
-    def rate(self) -> float:
-        return self.events / self.seconds if self.seconds else 0.0
+    def handled(self) -> int:
+        return self.events
 
-    @property
-    def other_cpu(self) -> float | None:
-        """Cores busy with anything else: WAL writer, checkpointer, other people's processes."""
-        if self.server_cpu is None:
-            return None
-        return max(0.0, self.machine_cpu - self.client_cpu - self.server_cpu)
+    def measured_cpu(self) -> tuple[float | None, ...]:
+        return self.client_cpu, self.server_cpu
 
     def mark(self) -> str:
-        """'*' when something else took a noticeable share of the machine during the phase."""
-        other = self.other_cpu
-        return "*" if other is not None and other > DISTURBED else " "
-
-    def us_per_event(self, cores: float | None) -> float | None:
-        """CPU time per event, in microseconds, of something that used `cores` on average."""
-        if cores is None or not self.events:
-            return None
-        return cores * self.seconds / self.events * 1e6
+        return "*" if self.disturbed() else " "
 
 
 def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:

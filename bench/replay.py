@@ -868,8 +868,8 @@ async def main(args: argparse.Namespace) -> int:
                 f"{statistics.median(rates):,.0f}",
                 f"{min(rates):,.0f}",
                 f"{max(rates):,.0f}",
-                num(median([s.us_per_event(s.client_cpu) for s in phase]), ".1f"),
-                num(median([s.us_per_event(s.server_cpu) for s in phase]), ".1f"),
+                num(median([s.us_per(s.client_cpu) for s in phase]), ".1f"),
+                num(median([s.us_per(s.server_cpu) for s in phase]), ".1f"),
                 num(median([s.other_cpu for s in phase]), ".2f"),
                 num(median([s.seq_scans for s in phase]), ",.0f"),
             ]
