@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 from starlette.requests import HTTPConnection, Request
@@ -70,7 +70,13 @@ def _correlation_id(scope: Scope) -> str:
     given = (headers.get(b"x-correlation-id") or headers.get(b"x-request-id") or b"").decode(
         "latin-1"
     )
-    return given if _SAFE_ID.fullmatch(given) else str(uuid.uuid4())
+    return given if _SAFE_ID.fullmatch(given) else new_id()
+
+
+def new_id() -> str:
+    """A random 128-bit id, as 32 hex digits: a uuid4 made and written costs several times as much,
+    on every request."""
+    return os.urandom(16).hex()
 
 
 def event_metadata(connection: HTTPConnection, principal: Principal) -> dict[str, Any]:
@@ -81,7 +87,7 @@ def event_metadata(connection: HTTPConnection, principal: Principal) -> dict[str
         "client_ip": connection.client.host if connection.client else None,
         "user_agent": connection.headers.get("user-agent"),
         "correlation_id": connection.scope["state"]["correlation_id"],
-        "causation_id": str(uuid.uuid4()),
+        "causation_id": new_id(),
     }
     key = connection.headers.get("idempotency-key")
     if key:

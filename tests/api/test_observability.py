@@ -11,6 +11,7 @@ import httpx
 from websockets.asyncio.client import connect
 
 from api.database import with_database
+from api.metrics import Metrics
 
 from .conftest import Caller, free_port, running_service, token
 
@@ -122,3 +123,27 @@ async def test_metrics_count_by_route_template_and_event_type(
     assert 'le="0.1",method="GET",route="/positions/{position_id}"}' in after
     assert _samples(after, "db_pool_connections")['{state="idle"}'] >= 0
     assert "live_feed_lag_events " in after
+
+
+def test_request_latencies_fall_in_prometheus_buckets_upper_bound_included() -> None:
+    metrics = Metrics()
+    route = "/positions/{position_id}"
+    for seconds in (0.0004, 0.001, 0.0011, 0.3, 11.0):
+        metrics.requests.record("GET", route, 200, seconds)
+    metrics.requests.record("GET", route, 404, 0.002)
+    text = metrics.render().decode()
+
+    buckets = _samples(text, "http_request_duration_seconds_bucket")
+    where = 'method="GET",route="/positions/{position_id}"}'
+    assert buckets['{le="0.001",' + where] == 2  # a bucket counts what is <= its bound
+    assert buckets['{le="0.0025",' + where] == 4
+    assert buckets['{le="0.25",' + where] == 4
+    assert buckets['{le="0.5",' + where] == 5
+    assert buckets['{le="10.0",' + where] == 5
+    assert buckets['{le="+Inf",' + where] == 6
+    assert _samples(text, "http_request_duration_seconds_count")["{" + where] == 6
+    total = _samples(text, "http_request_duration_seconds_sum")["{" + where]
+    assert abs(total - 11.3045) < 1e-9
+    answered = _samples(text, "http_requests_total")
+    assert answered['{method="GET",route="/positions/{position_id}",status="200"}'] == 5
+    assert answered['{method="GET",route="/positions/{position_id}",status="404"}'] == 1
