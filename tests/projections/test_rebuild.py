@@ -22,6 +22,7 @@ from domain.commands import (
     UpdateMarketPrices,
 )
 from domain.errors import DomainError
+from domain.position import Position
 from eventstore import EventStore
 from projections import runner
 from projections.positions import project_positions
@@ -229,3 +230,53 @@ async def test_catch_up_waits_for_events_held_behind_an_older_open_transaction(
 
     assert applied == await pool.fetchval("SELECT count(*) FROM events")
     assert await differing_rows(pool, "rebuilt") == {"positions": [], "market_prices": []}
+
+
+async def test_the_inline_projector_writes_the_folded_state_digit_for_digit(
+    pool: asyncpg.Pool, live_store: EventStore
+) -> None:
+    handlers = PositionHandlers(live_store)
+    position_id = uuid.uuid4()
+    meta = {"actor": "tester"}
+    opened_at = datetime(2026, 1, 5, 14, 30, 1, 123456, tzinfo=UTC)
+    await handlers.handle(
+        position_id,
+        OpenPosition(
+            at=opened_at,
+            position_id=position_id,
+            owner='ann "the \\ trader"',
+            symbol="BRK.B",
+            side="short",
+            quantity=Decimal("0.00000001"),
+            entry_price=Decimal("999999999999.12345678"),
+            stop_loss=Decimal("1E+12"),
+            take_profit=Decimal("0.50"),
+            strategy="mean-reversion ✓",
+            notes='line one\nline two, "quoted", tab\there',
+        ),
+        meta,
+    )
+    outcome = await handlers.handle(
+        position_id,
+        IncreasePosition(at=AT, quantity=Decimal("3.00000000"), price=Decimal("0.00000003")),
+        meta,
+    )
+
+    row = await pool.fetchrow("SELECT * FROM positions WHERE position_id = $1", position_id)
+    text = await pool.fetchrow(
+        "SELECT quantity::text AS quantity, entry_price::text AS entry_price, "
+        "stop_loss::text AS stop_loss, take_profit::text AS take_profit "
+        "FROM positions WHERE position_id = $1",
+        position_id,
+    )
+    state = outcome.state
+    assert state is not None
+    for field in Position.__struct_fields__:
+        if field != "deleted":
+            assert row[field] == getattr(state, field), field
+    # Not only equal in value: the digits (and so the scale) the domain computed.
+    assert text["quantity"] == str(state.quantity)
+    assert text["entry_price"] == str(state.entry_price)
+    assert text["take_profit"] == "0.50"
+    assert Decimal(text["stop_loss"]) == Decimal("1E+12")
+    assert row["created_at"] == opened_at and row["owner"] == 'ann "the \\ trader"'
