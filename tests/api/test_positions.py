@@ -1302,6 +1302,19 @@ def test_a_correlation_id_is_made_when_none_is_sent(user: Caller) -> None:
 
     assert first.headers["x-correlation-id"] != second.headers["x-correlation-id"]
     assert first.json()["correlation_id"] == first.headers["x-correlation-id"]
+    assert re.fullmatch("[0-9a-f]{32}", first.headers["x-correlation-id"])  # 128 random bits
+
+
+def test_a_request_without_a_correlation_id_records_made_ids_with_its_events(
+    user: Caller, api_database: str
+) -> None:
+    response = user.http.post("/positions", json=VALID)
+
+    (event,) = events_of(api_database, response.json()["id"])
+    made = event["metadata"]
+    assert made["correlation_id"] == response.headers["x-correlation-id"]
+    assert re.fullmatch("[0-9a-f]{32}", made["causation_id"])
+    assert made["causation_id"] != made["correlation_id"]
 
 
 def test_the_correlation_id_is_recorded_with_the_events(user: Caller, api_database: str) -> None:
