@@ -74,8 +74,8 @@ def _correlation_id(scope: Scope) -> str:
 
 
 def new_id() -> str:
-    """A random 128-bit id, as 32 hex digits: a uuid4 made and written costs several times as much,
-    on every request."""
+    """A random 128-bit id, as 32 hex digits (`str(uuid.uuid4())` costs every request several
+    times as much)."""
     return os.urandom(16).hex()
 
 

@@ -72,7 +72,8 @@ _MARKET_COLUMNS = ["symbol", "price", "updated_at", "tx_id", "last_event"]
 _LOAD = f"SELECT {', '.join(_COLUMNS)} FROM positions WHERE position_id = ANY ($1)"
 
 # The rows travel as one JSON document, written by the connection's jsonb codec (exact decimals):
-# as 24 arrays, asyncpg encoded them element by element, at three times the client's CPU per row.
+# as 24 arrays, one per column, asyncpg would encode them element by element, at three times the
+# client's CPU per row.
 _SAVE = f"""
 INSERT INTO positions ({", ".join(_COLUMNS)})
 SELECT {", ".join(_COLUMNS)}
