@@ -35,5 +35,6 @@ class AccessLog:
                     "status": status,
                     "duration_ms": round(elapsed * 1000, 3),
                     "user": None if principal is None else principal.subject,
+                    "client": client[0] if (client := scope.get("client")) else None,
                 },
             )

@@ -23,7 +23,14 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from commands import AtomicFailure, Metadata, PositionHandlers, StalePosition, TooMuchContention
+from commands import (
+    AtomicFailure,
+    Metadata,
+    PositionHandlers,
+    PriceUpdate,
+    StalePosition,
+    TooMuchContention,
+)
 from domain.commands import OpenPosition
 from domain.errors import DomainError
 from eventstore import EventStore
@@ -42,6 +49,7 @@ from .live import events_stream, websocket
 from .live.feed import Feed
 from .live.hub import Hub
 from .metrics import Metrics, note_recorded
+from .proxies import ClientAddressMiddleware, TrustedProxies
 from .rate_limit import RateLimitMiddleware
 from .revocation import Revocations
 from .routes import audit, health, portfolio, positions, tokens
@@ -63,6 +71,8 @@ class Services:
     handlers: PositionHandlers
     opens: GroupCommit[tuple[OpenPosition, Metadata], PositionView]
     """New positions arriving together are recorded in one transaction."""
+    price_updates: GroupCommit[PriceUpdate, dict]
+    """Price updates arriving together are one append to the market stream."""
     hub: Hub
     feed: Feed
     redis: aioredis.Redis | None
@@ -97,6 +107,10 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
             store=store,
             handlers=PositionHandlers(store),
             opens=GroupCommit(lambda opens: positions.open_together(services, opens)),
+            # One writer: the market is one stream, and its appends queue on its lock anyway.
+            price_updates=GroupCommit(
+                lambda updates: positions.update_prices_together(services, updates), writers=1
+            ),
             hub=hub,
             feed=feed,
             redis=redis,
@@ -140,6 +154,7 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
             *openapi.routes(),
         ],
         middleware=[
+            *_client_addresses(settings),
             Middleware(RequestContextMiddleware, access_log=AccessLog(metrics)),
             *_rate_limits(settings, verifier, redis),
         ],
@@ -162,6 +177,15 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
     app.state.verifier = verifier
     app.state.openapi = openapi.document()
     return app
+
+
+def _client_addresses(settings: Settings) -> list[Middleware]:
+    """Behind trusted proxies, the client's address in place of the proxy's, before anything
+    (the access log, the rate limiter, the audit trail) reads it."""
+    if not settings.trusted_proxies:
+        return []
+    proxies = TrustedProxies(settings.trusted_proxies, settings.trusted_proxy_header)
+    return [Middleware(ClientAddressMiddleware, proxies=proxies)]
 
 
 def _rate_limits(

@@ -35,6 +35,8 @@ SERVER_OPTIONS = {
     "ws_ping_timeout": 20.0,
     # On SIGTERM, requests in flight get this long to finish before their connections are closed.
     "timeout_graceful_shutdown": 10,
+    # Forwarding headers are believed from TRUSTED_PROXIES only, by the app (api/proxies.py).
+    "proxy_headers": False,
 }
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from .proxies import HEADERS, Network, parse_networks
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = PROJECT_ROOT / "migrations"
 
@@ -33,6 +35,9 @@ class Settings:
     live_queue_limit: int
     rate_limit_per_second: float
     rate_limit_burst: int
+    trusted_proxies: tuple[Network, ...]
+    """Peers whose forwarding header names the client (see api/proxies.py); none by default."""
+    trusted_proxy_header: str
     environment: dict[str, str] = field(repr=False)
     """All variables, for the parts that read their own (authentication)."""
 
@@ -56,6 +61,8 @@ class Settings:
             live_queue_limit=_int(env, "LIVE_QUEUE_LIMIT", 1000),
             rate_limit_per_second=float(_decimal(env, "RATE_LIMIT_PER_SECOND", Decimal(0))),
             rate_limit_burst=_int(env, "RATE_LIMIT_BURST", 0),
+            trusted_proxies=_networks(env, "TRUSTED_PROXIES"),
+            trusted_proxy_header=_choice(env, "TRUSTED_PROXY_HEADER", HEADERS),
             environment=env,
         )
 
@@ -95,3 +102,18 @@ def _bool(env: dict[str, str], name: str, default: bool) -> bool:
     if raw.lower() in {"0", "false", "no", "off"}:
         return False
     raise ConfigError(f"{name} must be true or false, not {raw!r}")
+
+
+def _networks(env: dict[str, str], name: str) -> tuple[Network, ...]:
+    try:
+        return parse_networks(env.get(name, ""))
+    except ValueError as error:
+        raise ConfigError(f"{name}: {error}") from None
+
+
+def _choice(env: dict[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (any case); the first when unset."""
+    raw = (env.get(name) or choices[0]).lower()
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    return raw

@@ -15,6 +15,8 @@ from typing import Any, Generic, TypeVar
 
 import asyncpg
 
+from . import logs
+
 log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
@@ -31,6 +33,17 @@ async def command_transaction(services: Any) -> AsyncIterator[asyncpg.Connection
     finally:
         services.store.committed()  # or rolled back: a needless wake-up costs one read
     services.metrics.count_committed()  # only now: the transaction has committed
+
+
+@asynccontextmanager
+async def shared_transaction(
+    services: Any, correlation_ids: Sequence[str]
+) -> AsyncIterator[asyncpg.Connection]:
+    """A command transaction written for several requests at once (see GroupCommit)."""
+    # What is logged while writing belongs to every one of these requests.
+    logs.correlation_id.set(",".join(correlation_ids))
+    async with command_transaction(services) as connection:
+        yield connection
 
 
 class GroupWriteFailed(Exception):

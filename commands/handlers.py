@@ -13,8 +13,8 @@ the store's version check still guards against any writer that does not take it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
@@ -108,6 +108,31 @@ class PositionHandlers:
             return Outcome(fold(events, state), recorded)
         raise TooMuchContention()
 
+    async def handle_each(
+        self,
+        commands: Sequence[tuple[UUID, Command]],
+        metadata: Metadata,
+        *,
+        owner: str | None = None,
+        connection: asyncpg.Connection | None = None,
+    ) -> dict[UUID, Outcome | DomainError]:
+        """Each command on its own position, accepted or refused on its own, in one transaction.
+
+        Every position is locked before anything is written. The log orders transactions by the
+        id each gets at its first write: one that waited for a position after writing another
+        would come before the writer it waited for, against that position's own order.
+        """
+        await _lock([position_id for position_id, _ in commands], connection)
+        results: dict[UUID, Outcome | DomainError] = {}
+        for position_id, command in commands:
+            try:  # handle() locks again: a lock held already is granted at once
+                results[position_id] = await self.handle(
+                    position_id, command, metadata, owner=owner, connection=connection
+                )
+            except DomainError as refusal:
+                results[position_id] = refusal
+        return results
+
     async def open_together(
         self,
         opens: Sequence[tuple[OpenPosition, Metadata]],
@@ -119,7 +144,7 @@ class PositionHandlers:
         New positions have nothing to load or lock, and their ids are fresh: the append cannot
         conflict, so what the domain accepts is recorded together, in one statement.
         """
-        decided = [_refusal_or_events(command) for command, _ in opens]
+        decided = [_refusal_or_events(decide, command, None) for command, _ in opens]
         appends = [
             StreamAppend(
                 position_stream(command.position_id),
@@ -153,7 +178,7 @@ class PositionHandlers:
 
         Raises AtomicFailure listing each refused command when the domain refuses any of them.
         """
-        await _lock(sorted(position_id for position_id, _ in commands), connection)
+        await _lock([position_id for position_id, _ in commands], connection)
         for _ in range(RETRIES):
             states, decisions, failures = [], [], {}
             for position_id, command in commands:
@@ -189,18 +214,44 @@ class PositionHandlers:
 
     async def update_market_prices(
         self,
-        command: UpdateMarketPrices,
-        metadata: Metadata,
+        updates: Sequence[PriceUpdate],
         *,
         connection: asyncpg.Connection | None = None,
-    ) -> list[RecordedEvent]:
-        events = decide_market_prices(command)
-        return await self._store.append(
-            MARKET_STREAM,
-            _new_events(events, metadata),
-            ExpectedVersion.ANY,
-            connection=connection,
+    ) -> list[RecordedEvent | DomainError]:
+        """Price updates of several requests in one append, in the order given; each refusal
+        stays its own update's answer, and each accepted update is one event of its own.
+
+        The market stream has no state to decide on, so nothing is loaded: the append expects
+        any version, and queues behind other writers of the stream instead of conflicting.
+        """
+        decided = [_refusal_or_events(decide_market_prices, update.command) for update in updates]
+        new_events = [
+            event
+            for update, events in zip(updates, decided, strict=True)
+            if not isinstance(events, DomainError)
+            for event in _new_events(events, update.metadata, iter([update.event_id]))
+        ]
+        recorded = (
+            {
+                event.event_id: event
+                for event in await self._store.append(
+                    MARKET_STREAM, new_events, ExpectedVersion.ANY, connection=connection
+                )
+            }
+            if new_events
+            else {}
         )
+        return [
+            events if isinstance(events, DomainError) else recorded[update.event_id]
+            for update, events in zip(updates, decided, strict=True)
+        ]
+
+
+class PriceUpdate(NamedTuple):
+    command: UpdateMarketPrices
+    metadata: Metadata
+    event_id: UUID
+    """Made by the caller, so that an update run again after a lost commit is recorded once."""
 
 
 class AtomicFailure(Exception):
@@ -212,22 +263,19 @@ class AtomicFailure(Exception):
 
 
 async def _lock(position_ids: Sequence[UUID], connection: asyncpg.Connection | None) -> None:
-    """Queue behind other commands on these positions until the caller's transaction ends.
-
-    Callers that lock several positions in one transaction lock them in sorted order.
-    """
+    """Queue behind other commands on these positions until the caller's transaction ends."""
     if connection is None or not connection.is_in_transaction():
         return
-    await connection.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended(stream_id, 0)) "
-        "FROM unnest($1::text[]) AS stream_id",
-        [position_stream(position_id) for position_id in position_ids],
+    await EventStore.lock_streams(
+        connection, [position_stream(position_id) for position_id in position_ids]
     )
 
 
-def _refusal_or_events(command: OpenPosition) -> DomainError | list[Event]:
+def _refusal_or_events(
+    decision: Callable[..., list[Event]], *arguments: Any
+) -> DomainError | list[Event]:
     try:
-        return decide(command, None)
+        return decision(*arguments)
     except DomainError as refusal:
         return refusal
 
@@ -243,10 +291,14 @@ def _version(state: Position | None) -> int:
     return ExpectedVersion.NO_STREAM if state is None else state.version
 
 
-def _new_events(events: Sequence[Event], metadata: Metadata) -> list[NewEvent]:
+def _new_events(
+    events: Sequence[Event], metadata: Metadata, ids: Iterator[UUID] | None = None
+) -> list[NewEvent]:
+    """The events to append, with new ids unless `ids` gives them."""
+    ids = ids or iter(uuid.uuid4, None)
     return [
         NewEvent(
-            event_id=uuid.uuid4(),
+            event_id=next(ids),
             event_type=type(event).__name__,
             data=event,
             metadata=metadata,

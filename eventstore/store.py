@@ -104,8 +104,19 @@ SELECT stream_id, max(stream_version) AS version FROM events
 WHERE stream_id = ANY ($1) GROUP BY stream_id
 """
 
-# An append to "any version" that lost a race is tried again on the new version. Each lost race
-# means a rival committed, so the bound only guards against a pathological pile-up.
+# A stream's writer lock, held until the transaction ends. Appends to "any version" take it before
+# reading the stream's last version, in a statement of its own (a READ COMMITTED statement sees
+# what had committed when it began: in the INSERT itself the lock would come after the snapshot),
+# so such appends queue one behind the other instead of racing for the same version, in any
+# number of processes. Several streams are locked in stream-id order: no two lockers deadlock.
+_LOCK_STREAMS = (
+    "SELECT pg_advisory_xact_lock(hashtextextended(stream_id, 0)) "
+    "FROM unnest($1::text[]) WITH ORDINALITY AS s(stream_id, ord) ORDER BY ord"
+)
+
+# An append to "any version" loses a race only to a writer that takes no lock (one that expects
+# an exact version): it is tried again on the new version. Each lost race means a rival
+# committed, so the bound only guards against a pathological pile-up.
 _ANY_VERSION_ATTEMPTS = 100
 
 COLUMNS = """global_position, tx_id, event_id, stream_id, stream_version, event_type,
@@ -245,12 +256,13 @@ class EventStore:
         in_callers_transaction = connection is not None and connection.is_in_transaction()
         pending = _pending(appends)
         statement = _statement(appends, pending)
-        retry_on_race = all(a.expected_version is ExpectedVersion.ANY for a in appends)
+        queued = [a.stream_id for a in appends if a.expected_version is ExpectedVersion.ANY]
+        retry_on_race = len(queued) == len(appends)
         try:
             for attempt in range(1, _ANY_VERSION_ATTEMPTS + 1):
                 error = None
                 try:
-                    return await self._append_once(connection, pending, statement)
+                    return await self._append_once(connection, pending, statement, queued)
                 except asyncpg.UniqueViolationError as violation:
                     error = violation
                 except _NothingWritten:
@@ -269,15 +281,25 @@ class EventStore:
         """Wake subscribers: a transaction holding appends made with `connection=` committed."""
         self._notifier.appended()
 
+    @staticmethod
+    async def lock_streams(connection: asyncpg.Connection, stream_ids: Sequence[str]) -> None:
+        """Queue behind every other writer of these streams until `connection`'s transaction ends.
+
+        The lock appends to "any version" take: a caller that reads a stream, decides and appends
+        takes it first, so that its rivals wait for its decision instead of racing it.
+        """
+        await connection.execute(_LOCK_STREAMS, sorted(stream_ids))
+
     async def _append_once(
         self,
         connection: asyncpg.Connection | None,
         pending: Sequence[_Pending],
         statement: tuple[str, list[Any]],
+        queued: Sequence[str],
     ) -> list[RecordedEvent]:
         sql, arguments = statement
         alone = connection is None or not connection.is_in_transaction()
-        if alone and not self._inline_projectors:
+        if alone and not self._inline_projectors and not queued:
             # A single statement outside a transaction commits by itself: one round trip.
             rows = await (connection or self._pool).fetch(sql, *arguments)
             if not rows:
@@ -288,6 +310,8 @@ class EventStore:
                 connection = await stack.enter_async_context(self._pool.acquire())
             if alone or len(pending) > 1:  # a savepoint in the caller's transaction: see above
                 await stack.enter_async_context(connection.transaction())
+            if queued:
+                await self.lock_streams(connection, queued)
             rows = await connection.fetch(sql, *arguments)
             if not rows:
                 raise _NothingWritten()

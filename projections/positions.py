@@ -87,9 +87,10 @@ ON CONFLICT (position_id) DO UPDATE SET
 _DELETE = "DELETE FROM positions WHERE position_id = ANY ($1)"
 
 # Kept only if it is later in the log than the price already there, whatever the commit order.
+# Rows come in symbol order, so that two writers lock the rows they share in the same order.
 _SAVE_MARKET_PRICES = """
 INSERT INTO market_prices AS m (symbol, price, updated_at, tx_id, last_event)
-SELECT symbol, price, $3, $4, $5 FROM unnest($1::text[], $2::numeric[]) AS p(symbol, price)
+SELECT * FROM unnest($1::text[], $2::numeric[], $3::timestamptz[], $4::bigint[], $5::bigint[])
 ON CONFLICT (symbol) DO UPDATE
     SET price = excluded.price, updated_at = excluded.updated_at, tx_id = excluded.tx_id,
         last_event = excluded.last_event
@@ -102,12 +103,30 @@ async def project_positions(
 ) -> None:
     """Apply `events`, in log order, to the read model."""
     batch = await _Batch.load(connection, events)
+    prices: dict[str, MarketPrice] = {}
     for recorded in events:
         if recorded.stream_id == MARKET_STREAM:
-            await _save_market_prices(connection, recorded)
+            newest_prices(prices, recorded)
         elif (position_id := position_id_of(recorded.stream_id)) is not None:
             batch.apply(position_id, recorded)
+    if prices:  # one write however many price updates the batch holds
+        await connection.execute(
+            _SAVE_MARKET_PRICES,
+            *(list(column) for column in zip(*sorted(prices.values()), strict=True)),
+        )
     await batch.flush()
+
+
+MarketPrice = tuple[str, Decimal, datetime, int, int]
+"""A market_prices row: symbol, price, updated_at, tx_id, last_event."""
+
+
+def newest_prices(prices: dict[str, MarketPrice], recorded: RecordedEvent) -> None:
+    """Keep each symbol's price from `recorded`, which comes after everything in `prices`."""
+    event = event_from(recorded.event_type, recorded.data)
+    assert isinstance(event, MarketPricesUpdated)
+    for symbol, price in event.prices.items():
+        prices[symbol] = (symbol, price, event.at, recorded.tx_id, recorded.global_position)
 
 
 class FoldedPositions:
@@ -121,7 +140,7 @@ class FoldedPositions:
     def __init__(self) -> None:
         self._rows: dict[str, PositionRow] = {}
         """By stream id: the position id is parsed once per position, not once per event."""
-        self._prices: dict[str, tuple[str, Decimal, datetime, int, int]] = {}
+        self._prices: dict[str, MarketPrice] = {}
 
     def apply(self, events: Sequence[RecordedEvent]) -> None:
         rows, prices = self._rows, self._prices
@@ -130,16 +149,7 @@ class FoldedPositions:
             if (row := rows.get(stream_id)) is not None:
                 rows[stream_id] = advance(row, recorded)
             elif stream_id == MARKET_STREAM:
-                event = event_from(recorded.event_type, recorded.data)
-                assert isinstance(event, MarketPricesUpdated)
-                for symbol, price in event.prices.items():
-                    prices[symbol] = (
-                        symbol,
-                        price,
-                        event.at,
-                        recorded.tx_id,
-                        recorded.global_position,
-                    )
+                newest_prices(prices, recorded)
             elif position_id_of(stream_id) is not None:
                 rows[stream_id] = advance(None, recorded)
 
@@ -246,16 +256,3 @@ def _record(row: PositionRow) -> tuple:
 def _document(row: PositionRow) -> dict[str, object]:
     """The row's values by column, as _SAVE reads them."""
     return dict(zip(_COLUMNS, _record(row), strict=True))
-
-
-async def _save_market_prices(connection: asyncpg.Connection, recorded: RecordedEvent) -> None:
-    event = event_from(recorded.event_type, recorded.data)
-    assert isinstance(event, MarketPricesUpdated)
-    await connection.execute(
-        _SAVE_MARKET_PRICES,
-        list(event.prices),
-        list(event.prices.values()),
-        event.at,
-        recorded.tx_id,
-        recorded.global_position,
-    )

@@ -170,10 +170,16 @@ async def current_price(
     )
 
 
-async def count_open(connection: asyncpg.Connection | asyncpg.Pool, symbols: list[str]) -> int:
-    return await connection.fetchval(
-        "SELECT count(*) FROM positions WHERE status = 'open' AND symbol = ANY ($1)", symbols
+async def count_open(
+    connection: asyncpg.Connection | asyncpg.Pool, symbols: list[str]
+) -> dict[str, int]:
+    """The number of open positions in each of these symbols (a symbol with none is absent)."""
+    rows = await connection.fetch(
+        "SELECT symbol, count(*) FROM positions WHERE status = 'open' AND symbol = ANY ($1) "
+        "GROUP BY symbol",
+        symbols,
     )
+    return dict(rows)
 
 
 # -- portfolio summary -------------------------------------------------------------------------

@@ -50,6 +50,19 @@ def test_compose_runs_postgres_redis_two_instances_and_a_balancer(compose: dict)
     assert services["balancer"]["ports"][0]["target"] == 80
 
 
+def test_the_instances_believe_forwarding_headers_from_the_balancer_alone(compose: dict) -> None:
+    services = compose["services"]
+    [balancer_address] = [
+        network["ipv4_address"] for network in services["balancer"]["networks"].values()
+    ]
+    instances = [s for s in services.values() if s.get("image") == "position-service:latest"]
+
+    for instance in instances:
+        assert instance["environment"]["TRUSTED_PROXIES"] == balancer_address
+    config = (PROJECT_ROOT / "deploy" / "nginx.conf").read_text()
+    assert re.search(r"proxy_set_header\s+X-Forwarded-For\s+\$proxy_add_x_forwarded_for;", config)
+
+
 def test_the_balancer_passes_websocket_upgrades_to_every_instance(compose: dict) -> None:
     config = (PROJECT_ROOT / "deploy" / "nginx.conf").read_text()
     instances = [

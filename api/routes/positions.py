@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from commands import AtomicFailure, Metadata, Outcome, PositionHandlers
+from commands import AtomicFailure, Metadata, Outcome, PositionHandlers, PriceUpdate
 from domain.commands import (
     AmendPosition,
     ClosePosition,
@@ -29,7 +29,6 @@ from projections import queries
 from projections.as_of import read_models_at
 from projections.queries import PositionFilter
 
-from .. import logs
 from ..as_of import AS_OF_HEADER, log_position, requested_point
 from ..auth import Principal, Role
 from ..bodies import (
@@ -56,7 +55,7 @@ from ..security import (
     require,
     visible_owner,
 )
-from ..transactions import GroupWriteFailed, command_transaction
+from ..transactions import GroupWriteFailed, shared_transaction
 from . import resource
 
 STATUSES = ("pending", "open", "closed")
@@ -218,9 +217,8 @@ async def open_together(
     services: Any, opens: list[tuple[OpenPosition, Metadata]]
 ) -> list[queries.PositionView | DomainError]:
     """New positions of several requests, in one transaction (see GroupCommit)."""
-    # What is logged while writing them belongs to every one of these requests.
-    logs.correlation_id.set(",".join(metadata["correlation_id"] for _, metadata in opens))
-    async with command_transaction(services) as connection:
+    correlation_ids = [metadata["correlation_id"] for _, metadata in opens]
+    async with shared_transaction(services, correlation_ids) as connection:
         outcomes = await services.handlers.open_together(opens, connection=connection)
         views = await queries.get_positions(
             connection, [command.position_id for command, _ in opens]
@@ -355,17 +353,9 @@ async def bulk_update(request: Request) -> Response:
                 )
             results: dict[UUID, Outcome | Exception] = dict(zip(ids, outcomes, strict=True))
         else:
-            # Each position is locked until the request's transaction ends: take them in one
-            # order, so that two bulk updates over the same positions cannot deadlock.
-            done = {}
-            for position_id in sorted(ids):
-                try:
-                    done[position_id] = await handlers.handle(
-                        position_id, command, metadata, owner=owner, connection=connection
-                    )
-                except DomainError as error:
-                    done[position_id] = error
-            results = {position_id: done[position_id] for position_id in ids}
+            results = await handlers.handle_each(
+                [(i, command) for i in ids], metadata, owner=owner, connection=connection
+            )
         return await _bulk_answer(connection, results)
 
     return await run_command(request, principal.subject, raw, operation)
@@ -417,23 +407,54 @@ async def update_prices(request: Request) -> Response:
             errors.append({"loc": ["body", symbol], "msg": "must be a number"})
     if errors:
         raise ApiError(422, "validation failed", errors)
-    handlers: PositionHandlers = _services(request).handlers
-    command = UpdateMarketPrices(at=_now(), prices=prices)
-    metadata = event_metadata(request, principal)
+    services = _services(request)
+    update = PriceUpdate(
+        UpdateMarketPrices(at=_now(), prices=prices),
+        event_metadata(request, principal),
+        uuid.uuid4(),
+    )
+    if "idempotency-key" not in request.headers:  # a keyed request stores its answer: alone
+        try:
+            return JSONResponse(await services.price_updates.submit(update))
+        except GroupWriteFailed:
+            pass  # refused as a group: this one alone, below (its event id keeps it once)
 
     async def operation(connection: asyncpg.Connection) -> Response:
-        recorded = await handlers.update_market_prices(command, metadata, connection=connection)
-        symbols = sorted(recorded[0].data["prices"])
-        count = await queries.count_open(connection, symbols)
-        return JSONResponse(
-            {
-                "symbols": symbols,
-                "positions_updated": count,
-                "position": recorded[0].global_position,
-            }
-        )
+        [answer] = await _price_answers(services.handlers, connection, [update])
+        if isinstance(answer, DomainError):
+            raise answer
+        return JSONResponse(answer)
 
     return await run_command(request, principal.subject, raw, operation)
+
+
+async def update_prices_together(
+    services: Any, updates: list[PriceUpdate]
+) -> list[dict[str, Any] | DomainError]:
+    """Price updates of several requests, in one transaction (see GroupCommit)."""
+    correlation_ids = [update.metadata["correlation_id"] for update in updates]
+    async with shared_transaction(services, correlation_ids) as connection:
+        return await _price_answers(services.handlers, connection, updates)
+
+
+async def _price_answers(
+    handlers: PositionHandlers, connection: asyncpg.Connection, updates: list[PriceUpdate]
+) -> list[dict[str, Any] | DomainError]:
+    results = await handlers.update_market_prices(updates, connection=connection)
+    recorded = [result for result in results if not isinstance(result, DomainError)]
+    open_positions = await queries.count_open(
+        connection, sorted({symbol for event in recorded for symbol in event.data["prices"]})
+    )
+    return [
+        result
+        if isinstance(result, DomainError)
+        else {
+            "symbols": sorted(result.data["prices"]),
+            "positions_updated": sum(open_positions.get(s, 0) for s in result.data["prices"]),
+            "position": result.global_position,
+        }
+        for result in results
+    ]
 
 
 routes = [

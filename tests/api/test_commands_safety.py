@@ -7,6 +7,7 @@ Races are real: each racer has its own connection, opened beforehand, and they a
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import uuid
 from collections import Counter
@@ -278,6 +279,96 @@ def test_creates_sharing_a_transaction_the_database_refuses_are_recorded_alone(
     for answer in answers:
         if answer.status_code == 201:
             assert user.http.get(answer.headers["location"]).json() == answer.json()
+
+
+@pytest.fixture
+def refused_price(api_database: str) -> Iterator[str]:
+    """A symbol whose market price the database refuses (a trigger), as a fault would."""
+    symbol = fresh_symbol()
+    db_execute(
+        api_database,
+        f"""
+        CREATE FUNCTION refuse_{symbol}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'refused for the test'; END $$;
+        CREATE TRIGGER refuse_{symbol} BEFORE INSERT OR UPDATE ON market_prices FOR EACH ROW
+        WHEN (NEW.symbol = '{symbol}') EXECUTE FUNCTION refuse_{symbol}();
+        """,
+    )
+    yield symbol
+    db_execute(
+        api_database,
+        f"DROP TRIGGER refuse_{symbol} ON market_prices; DROP FUNCTION refuse_{symbol}();",
+    )
+
+
+def _market_events(dsn: str, symbols: list[str]) -> list[asyncpg.Record]:
+    return db_fetch(
+        dsn,
+        "SELECT global_position, tx_id, data FROM events WHERE event_type = 'MarketPricesUpdated' "
+        "AND data->'prices' ?| $1 ORDER BY tx_id, global_position",
+        symbols,
+    )
+
+
+def test_concurrent_price_updates_share_transactions_each_recorded_as_its_own_event(
+    user: Caller, admin: Caller, api_database: str
+) -> None:
+    first, second = fresh_symbol(), fresh_symbol()
+    for symbol, count in ((first, 2), (second, 3)):
+        for _ in range(count):
+            user.open(symbol=symbol)
+    bodies = [{first: 100 + n, second: 200 + n} if n % 2 else {second: 300 + n} for n in range(16)]
+    requests = [
+        lambda client, body=body: client.post("/positions/update-prices", json=body)
+        for body in bodies
+    ]
+
+    answers = race(admin, requests)
+
+    assert [answer.status_code for answer in answers] == [200] * 16
+    for body, answer in zip(bodies, answers, strict=True):
+        assert answer.json()["symbols"] == sorted(body)
+        assert answer.json()["positions_updated"] == (5 if first in body else 3)
+    stored = _market_events(api_database, [first, second])
+    assert sorted(row["global_position"] for row in stored) == sorted(
+        answer.json()["position"] for answer in answers
+    )
+    assert len({row["tx_id"] for row in stored}) < 16  # some requests shared a transaction
+    # The read model keeps the price of each symbol's last event in the log.
+    last = {}
+    for row in stored:
+        last.update(json.loads(row["data"])["prices"])
+    assert db_fetch(
+        api_database,
+        "SELECT symbol, price FROM market_prices WHERE symbol = ANY ($1) ORDER BY symbol",
+        [first, second],
+    ) == [(s, Decimal(str(last[s]))) for s in sorted((first, second))]
+
+
+def test_a_price_update_refused_among_concurrent_ones_is_refused_alone(
+    admin: Caller, api_database: str, refused_price: str
+) -> None:
+    symbol = fresh_symbol()
+    bodies = [
+        {"not a symbol": 10} if n % 5 == 2 else {refused_price if n % 5 == 4 else symbol: 10 + n}
+        for n in range(15)
+    ]
+    requests = [
+        lambda client, body=body: client.post("/positions/update-prices", json=body)
+        for body in bodies
+    ]
+
+    answers = race(admin, requests)
+
+    expected = [422 if n % 5 == 2 else 500 if n % 5 == 4 else 200 for n in range(15)]
+    assert [answer.status_code for answer in answers] == expected
+    for n, answer in enumerate(answers):
+        if n % 5 == 2:
+            assert [e["loc"] for e in answer.json()["errors"]] == [["body", "not a symbol"]]
+    stored = _market_events(api_database, [symbol, refused_price])
+    assert sorted(row["global_position"] for row in stored) == sorted(
+        answer.json()["position"] for answer in answers if answer.status_code == 200
+    )
 
 
 # -- Idempotency-Key -----------------------------------------------------------------------------

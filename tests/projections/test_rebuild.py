@@ -11,7 +11,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from commands import PositionHandlers
+from commands import PositionHandlers, PriceUpdate
 from domain.commands import (
     AmendPosition,
     ClosePosition,
@@ -63,11 +63,9 @@ async def random_workload(handlers: PositionHandlers, seed: int, steps: int) -> 
                     meta,
                 )
             elif roll < 0.4:
+                prices = {s: price(rng) for s in rng.sample(SYMBOLS, 2)}
                 await handlers.update_market_prices(
-                    UpdateMarketPrices(
-                        at=AT, prices={s: price(rng) for s in rng.sample(SYMBOLS, 2)}
-                    ),
-                    meta,
+                    [PriceUpdate(UpdateMarketPrices(at=AT, prices=prices), meta, uuid.uuid4())]
                 )
             else:
                 target = rng.choice(ids)
@@ -158,7 +156,13 @@ async def test_a_price_committed_after_an_opening_earlier_in_the_log_prices_it_t
         # The price update takes its place in the log first, but commits last.
         update = asyncio.create_task(
             handlers.update_market_prices(
-                UpdateMarketPrices(at=AT, prices={"AAPL": Decimal("101")}), meta
+                [
+                    PriceUpdate(
+                        UpdateMarketPrices(at=AT, prices={"AAPL": Decimal("101")}),
+                        meta,
+                        uuid.uuid4(),
+                    )
+                ]
             )
         )
         await entered.wait()
