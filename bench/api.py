@@ -41,6 +41,10 @@ ones, so each service endpoint runs next to its bare counterpart:
   list            GET /positions?limit=100 as the whale (10,000 positions, X-Total-Count)
   summary         GET /portfolio/summary as the whale, 32 connections (throughput)
   summary c1      the same on ONE connection: the latency the 25 ms target is about
+  create c64      POST /positions as "create", from 64 connections
+  prices c64      POST /positions/update-prices of 3 symbols of their own (admin token), from 64
+                  connections: contention on the one market stream. Targets: no non-2xx answer
+                  in either, and update-prices at >= 0.5 of the rate of creates at 64
 
 After the phases of each round: `--price-calls` calls of POST /positions/update-prices (admin
 token) for the whale's 20 symbols, which re-mark exactly its 10,000 open positions (the answer's
@@ -120,6 +124,9 @@ WHALE, CREATOR, ADMIN = "bench-whale", "bench-creator", "bench-admin"
 SYMBOLS = [f"W{i:02d}" for i in range(20)]
 STRATEGIES = ["momentum", "carry", "mean-revert", "pairs", None]
 CREATE_BODY = '{"symbol":"AAPL","side":"long","quantity":10,"entry_price":100}'
+CONTENTION = 64  # connections of the contention phases
+CONTENTION_PRICES = '{"CTN.A":101.25,"CTN.B":55.5,"CTN.C":12.125}'
+CONTENTION_TARGET = 0.5  # update-prices / create, both at 64 connections
 READ_IDS = 2000  # whale position ids the single reads cycle over
 CREATE_TARGET, READ_TARGET, SUMMARY_P99_MS = 0.5, 0.7, 25.0
 SETTLE = 0.5  # seconds of rest before each phase
@@ -903,6 +910,22 @@ async def measure(
             script("s1", "GET", tokens[WHALE]),
             1,
         ),
+        Phase(
+            "c64",
+            "POST /positions (create), 64 connections",
+            True,
+            "/positions",
+            script("c64", "POST", tokens[CREATOR], CREATE_BODY),
+            CONTENTION,
+        ),
+        Phase(
+            "p64",
+            "POST /positions/update-prices, 3 symbols, 64 connections",
+            True,
+            "/positions/update-prices",
+            script("p64", "POST", tokens[ADMIN], CONTENTION_PRICES),
+            CONTENTION,
+        ),
     ]
     if count != 10_000:
         for phase in phases:
@@ -1063,6 +1086,7 @@ async def measure(
         ("list 100 / bare 100-row SELECT", "li", "bl", None),
         ("list 100 / bare PK SELECT", "li", "bs", None),
         ("summary / bare PK SELECT", "su", "bs", None),
+        ("update-prices / create, 64 connections", "p64", "c64", CONTENTION_TARGET),
     ]:
         value, low, high = ratio(top, bottom)
         verdict = "info" if target is None else ("met" if value >= target else "MISSED")
@@ -1093,6 +1117,13 @@ async def measure(
             f"< {SUMMARY_P99_MS:.0f}",
             verdict,
         ]
+    )
+    refused = sum(s.errors for key in ("c64", "p64") for s in samples[key])
+    verdict = "met" if refused == 0 else "MISSED"
+    if verdict == "MISSED":
+        missed.append("no error under contention")
+    ratio_rows.append(
+        ["non-2xx or failed answers, 64 connections", str(refused), "-", "-", "= 0", verdict]
     )
     print_table(
         "Targets (value: of the medians over rounds; range: the value within each round; by "
