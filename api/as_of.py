@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from eventstore import EventStore, Position, UnknownPosition
+from eventstore import EventStore, LogPosition, UnknownPosition
 
 from .errors import ApiError
 from .query import QueryParams
@@ -23,7 +23,7 @@ def requested_point(query: QueryParams) -> datetime | int | None:
     return moment if moment is not None else at
 
 
-async def log_position(point: datetime | int, store: EventStore) -> Position:
+async def log_position(point: datetime | int, store: EventStore) -> LogPosition:
     if isinstance(point, datetime):
         await settled(store)
         return await store.position_at(point)
@@ -36,7 +36,7 @@ async def log_position(point: datetime | int, store: EventStore) -> Position:
     return position
 
 
-async def settled(store: EventStore, position: Position | None = None) -> None:
+async def settled(store: EventStore, position: LogPosition | None = None) -> None:
     """Wait until the log is final up to `position` (default: all committed before the call).
 
     Past states and audit pages are read from final events only, so that no late commit can

@@ -17,13 +17,13 @@ from starlette.responses import Response
 
 from commands import AtomicFailure, StalePosition, TooMuchContention
 from domain.errors import (
+    AlreadyClosed,
     DomainError,
     InvalidCommand,
     NoExitPrice,
     NotOpen,
     NotPending,
     PositionAlreadyExists,
-    PositionClosed,
     PositionNotFound,
 )
 
@@ -71,7 +71,7 @@ def error_body(
 _DOMAIN_STATUS: dict[type[DomainError], int] = {
     PositionNotFound: 404,
     PositionAlreadyExists: 409,
-    PositionClosed: 409,
+    AlreadyClosed: 409,
     NotPending: 409,
     NotOpen: 409,
     NoExitPrice: 409,

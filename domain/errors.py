@@ -33,7 +33,7 @@ class PositionAlreadyExists(DomainError):
         super().__init__("a position with this id exists already")
 
 
-class PositionClosed(DomainError):
+class AlreadyClosed(DomainError):
     def __init__(self) -> None:
         super().__init__("the position is closed")
 

@@ -29,13 +29,13 @@ from .commands import (
     UpdateMarketPrices,
 )
 from .errors import (
+    AlreadyClosed,
     FieldError,
     InvalidCommand,
     NoExitPrice,
     NotOpen,
     NotPending,
     PositionAlreadyExists,
-    PositionClosed,
     PositionNotFound,
 )
 from .events import (
@@ -43,6 +43,7 @@ from .events import (
     MarketPricesUpdated,
     NotesChanged,
     PositionCancelled,
+    PositionClosed,
     PositionDeleted,
     PositionFilled,
     PositionIncreased,
@@ -53,9 +54,6 @@ from .events import (
     StopLossMoved,
     StrategyChanged,
     TakeProfitMoved,
-)
-from .events import (
-    PositionClosed as PositionClosedEvent,
 )
 
 Status = Literal["pending", "open", "closed"]
@@ -131,7 +129,7 @@ def evolve(state: Position | None, event: Event) -> Position:
                     quantity=state.quantity - quantity,
                     **_closing(state, quantity, price, pnl),
                 )
-        case PositionClosedEvent(quantity=quantity, price=price, realized_pnl=pnl):
+        case PositionClosed(quantity=quantity, price=price, realized_pnl=pnl):
             # A closed position keeps the price it last traded at.
             with rules.exact():
                 return _next(
@@ -140,9 +138,8 @@ def evolve(state: Position | None, event: Event) -> Position:
                     status="closed",
                     quantity=ZERO,
                     current_price=price,
-                    exit_price=event.exit_price,
                     closed_at=event.at,
-                    **_closing(state, quantity, price, pnl),
+                    **{**_closing(state, quantity, price, pnl), "exit_price": event.exit_price},
                 )
         case PositionCancelled():
             return _next(state, event, status="closed", quantity=ZERO, closed_at=event.at)
@@ -189,10 +186,15 @@ def _next(state: Position, event: Event, **changes: object) -> Position:
 def _closing(
     state: Position, quantity: Decimal, price: Decimal, pnl: Decimal
 ) -> dict[str, Decimal]:
+    """What closing `quantity` at `price` adds up; the exit price is the average of every closing
+    price so far, a partial close's too (rounded as a final close records it)."""
+    closed_quantity = state.closed_quantity + quantity
+    closed_value = state.closed_value + quantity * price
     return {
         "realized_pnl": state.realized_pnl + pnl,
-        "closed_quantity": state.closed_quantity + quantity,
-        "closed_value": state.closed_value + quantity * price,
+        "closed_quantity": closed_quantity,
+        "closed_value": closed_value,
+        "exit_price": rules.price_places(closed_value / closed_quantity),
     }
 
 
@@ -226,7 +228,7 @@ def _existing(state: Position | None) -> Position:
 def _changeable(state: Position | None) -> Position:
     state = _existing(state)
     if state.status == "closed":
-        raise PositionClosed()
+        raise AlreadyClosed()
     return state
 
 
@@ -343,7 +345,7 @@ def _close(command: ClosePosition, state: Position | None) -> list[Event]:
         closed_quantity = state.closed_quantity + quantity
         exit_price = (state.closed_value + quantity * price) / closed_quantity
     return [
-        PositionClosedEvent(
+        PositionClosed(
             at=command.at,
             quantity=quantity,
             price=price,

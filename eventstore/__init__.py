@@ -14,9 +14,9 @@ from .errors import (
 from .events import (
     START,
     ExpectedVersion,
+    LogPosition,
     LogSnapshot,
     NewEvent,
-    Position,
     RecordedEvent,
     StreamAppend,
 )
@@ -35,7 +35,7 @@ __all__ = [
     "LogSnapshot",
     "MigrationError",
     "NewEvent",
-    "Position",
+    "LogPosition",
     "RecordedEvent",
     "StreamAppend",
     "UnknownPosition",

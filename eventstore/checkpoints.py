@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncpg
 
 from .errors import CheckpointConflict
-from .events import START, Position
+from .events import START, LogPosition
 
 _LOAD = "SELECT tx_id, global_position FROM checkpoints WHERE subscriber = $1"
 
@@ -24,13 +24,13 @@ RETURNING 1
 """
 
 
-async def load_checkpoint(connection: asyncpg.Connection, subscriber: str) -> Position:
+async def load_checkpoint(connection: asyncpg.Connection, subscriber: str) -> LogPosition:
     row = await connection.fetchrow(_LOAD, subscriber)
-    return Position(row["tx_id"], row["global_position"]) if row else START
+    return LogPosition(row["tx_id"], row["global_position"]) if row else START
 
 
 async def save_checkpoint(
-    connection: asyncpg.Connection, subscriber: str, previous: Position, new: Position
+    connection: asyncpg.Connection, subscriber: str, previous: LogPosition, new: LogPosition
 ) -> None:
     """Move `subscriber` from `previous` to `new`, or raise `CheckpointConflict`."""
     saved = await connection.fetchval(

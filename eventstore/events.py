@@ -9,7 +9,7 @@ from uuid import UUID
 import msgspec
 
 
-class Position(NamedTuple):
+class LogPosition(NamedTuple):
     """A place in the log, in log order.
 
     The log is ordered by (tx_id, global_position): the writing transaction first, so that a reader
@@ -21,7 +21,7 @@ class Position(NamedTuple):
     global_position: int
 
 
-START = Position(0, 0)
+START = LogPosition(0, 0)
 """Before the first event."""
 
 
@@ -33,12 +33,12 @@ class LogSnapshot(NamedTuple):
     already shows them, and `includes` tells which they are.
     """
 
-    head: Position
+    head: LogPosition
     xmin: int
     xmax: int
     running: frozenset[int]
 
-    def includes(self, position: Position) -> bool:
+    def includes(self, position: LogPosition) -> bool:
         tx_id = position.tx_id
         return tx_id < self.xmin or (tx_id < self.xmax and tx_id not in self.running)
 
@@ -86,5 +86,5 @@ class RecordedEvent(msgspec.Struct, frozen=True):
     recorded_at: datetime
 
     @property
-    def position(self) -> Position:
-        return Position(self.tx_id, self.global_position)
+    def position(self) -> LogPosition:
+        return LogPosition(self.tx_id, self.global_position)

@@ -19,9 +19,9 @@ from .errors import DuplicateEventIds, UnknownPosition, WrongExpectedVersion
 from .events import (
     START,
     ExpectedVersion,
+    LogPosition,
     LogSnapshot,
     NewEvent,
-    Position,
     RecordedEvent,
     StreamAppend,
 )
@@ -384,7 +384,7 @@ class EventStore:
 
     async def read_all(
         self,
-        after: Position = START,
+        after: LogPosition = START,
         *,
         batch_size: int = 1000,
         categories: Iterable[str] | None = None,
@@ -413,7 +413,7 @@ class EventStore:
 
     async def subscribe(
         self,
-        after: Position = START,
+        after: LogPosition = START,
         *,
         batch_size: int = 500,
         categories: Iterable[str] | None = None,
@@ -443,12 +443,12 @@ class EventStore:
                     await self._notifier.ensure_listening()
                     await _wait(wake, self._poll_interval)
 
-    async def head(self) -> Position:
+    async def head(self) -> LogPosition:
         """The last final position of the log (START when empty): readers can go this far now."""
         row = await self._pool.fetchrow(_HEAD)
-        return Position(row["tx_id"], row["global_position"]) if row else START
+        return LogPosition(row["tx_id"], row["global_position"]) if row else START
 
-    async def heads(self) -> AsyncIterator[Position]:
+    async def heads(self) -> AsyncIterator[LogPosition]:
         """`head()`, now and again each time the log may have grown: for a follower that needs to
         know where the log is, not what it holds. Never ends by itself, like subscribe()."""
         async with self._notifier.waiter() as wake:
@@ -465,18 +465,18 @@ class EventStore:
         there shows exactly the events the snapshot `includes`.
         """
         row = await connection.fetchrow(_SNAPSHOT)
-        head = START if row["tx_id"] is None else Position(row["tx_id"], row["global_position"])
+        head = START if row["tx_id"] is None else LogPosition(row["tx_id"], row["global_position"])
         return LogSnapshot(head, row["xmin"], row["xmax"], frozenset(row["running"]))
 
-    async def newest(self) -> Position:
+    async def newest(self) -> LogPosition:
         """The position of the newest committed event, final or not (START when empty).
 
         Readers reach it once every transaction older than its own has ended.
         """
         row = await self._pool.fetchrow(_NEWEST)
-        return Position(row["tx_id"], row["global_position"]) if row else START
+        return LogPosition(row["tx_id"], row["global_position"]) if row else START
 
-    async def wait_until_final(self, position: Position, timeout: float) -> bool:
+    async def wait_until_final(self, position: LogPosition, timeout: float) -> bool:
         """Wait until readers can reach `position` (every older transaction has ended).
 
         False if that takes longer than `timeout` seconds.
@@ -490,7 +490,7 @@ class EventStore:
             return False
         return True
 
-    async def count_after(self, after: Position) -> int:
+    async def count_after(self, after: LogPosition) -> int:
         """How many committed events lie after `after`: how far behind a reader there is."""
         return await self._pool.fetchval(
             "SELECT count(*) FROM events WHERE (tx_id, global_position) > ($1::xid8, $2::bigint)",
@@ -498,12 +498,12 @@ class EventStore:
             after.global_position,
         )
 
-    async def position_at(self, moment: datetime) -> Position:
+    async def position_at(self, moment: datetime) -> LogPosition:
         """Where the log stood at `moment`: its last final event recorded then or before."""
         row = await self._pool.fetchrow(_POSITION_AT, moment)
-        return Position(row["tx_id"], row["global_position"]) if row else START
+        return LogPosition(row["tx_id"], row["global_position"]) if row else START
 
-    async def position_of(self, global_position: int) -> Position:
+    async def position_of(self, global_position: int) -> LogPosition:
         """The log position of an event given by its public (integer) position; 0 is START."""
         if global_position == 0:
             return START
@@ -512,11 +512,11 @@ class EventStore:
         )
         if tx_id is None:
             raise UnknownPosition(global_position)
-        return Position(tx_id, global_position)
+        return LogPosition(tx_id, global_position)
 
     async def _read_batch(
         self,
-        after: Position,
+        after: LogPosition,
         batch_size: int,
         categories: list[str] | None,
         event_types: list[str] | None,

@@ -14,7 +14,7 @@ from uuid import UUID
 
 import asyncpg
 
-from eventstore import EventStore, Position
+from eventstore import EventStore, LogPosition
 
 from . import audit
 from .positions import TABLES, project_positions
@@ -26,7 +26,7 @@ BATCH = 5000
 async def read_models_at(
     pool: asyncpg.Pool,
     store: EventStore,
-    at: Position,
+    at: LogPosition,
     *,
     owner: str | None = None,
     position_id: UUID | None = None,

@@ -14,7 +14,7 @@ import asyncpg
 import msgspec
 
 from domain.streams import MARKET_STREAM, position_stream
-from eventstore import EventStore, Position, RecordedEvent
+from eventstore import EventStore, LogPosition, RecordedEvent
 
 
 class EventSearch(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,8 +38,8 @@ async def search(
     store: EventStore,
     criteria: EventSearch,
     *,
-    after: Position | None = None,
-    until: Position | None = None,
+    after: LogPosition | None = None,
+    until: LogPosition | None = None,
     limit: int = 100,
 ) -> list[RecordedEvent]:
     """A page of matching events in log order (or reverse), after the cursor `after`.

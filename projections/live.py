@@ -22,12 +22,12 @@ import msgspec
 
 from domain.events import MarketPricesUpdated, event_from
 from domain.streams import MARKET_STREAM, position_id_of
-from eventstore import EventStore, Position, RecordedEvent
+from eventstore import EventStore, LogPosition, RecordedEvent
 
 from .positions import PositionRow, advance, priced
 from .queries import PositionView, position_view
 
-MarketPrice = tuple[Decimal, Position]
+MarketPrice = tuple[Decimal, LogPosition]
 """A symbol's price and the log position of the event that set it."""
 
 _MARKET_PRICE = "SELECT price, tx_id, last_event FROM market_prices WHERE symbol = $1"
@@ -90,7 +90,7 @@ class LiveView:
         self._rows.put(key, row)
         return row
 
-    async def _market_price(self, symbol: str, at: Position) -> MarketPrice | None:
+    async def _market_price(self, symbol: str, at: LogPosition) -> MarketPrice | None:
         """The symbol's market price as of `at` (the view has seen the log up to there)."""
         if self._prices.has(symbol):
             return self._prices.get(symbol)
@@ -98,11 +98,11 @@ class LiveView:
         self._prices.put(symbol, price)
         return price
 
-    async def _market_price_before(self, symbol: str, at: Position) -> MarketPrice | None:
+    async def _market_price_before(self, symbol: str, at: LogPosition) -> MarketPrice | None:
         latest = await self._pool.fetchrow(_MARKET_PRICE, symbol)
         if latest is None:
             return None  # never priced
-        set_at = Position(latest["tx_id"], latest["last_event"])
+        set_at = LogPosition(latest["tx_id"], latest["last_event"])
         if set_at < at:
             return latest["price"], set_at
         # The price changed since `at`: look back through the market stream for the one before.

@@ -23,7 +23,7 @@ import asyncpg
 from eventstore import (
     START,
     EventStore,
-    Position,
+    LogPosition,
     RecordedEvent,
     load_checkpoint,
     reset_checkpoint,
@@ -79,7 +79,7 @@ async def catch_up(
 
 
 async def _final_batches(
-    store: EventStore, after: Position, batch_size: int
+    store: EventStore, after: LogPosition, batch_size: int
 ) -> AsyncIterator[list[RecordedEvent]]:
     """The log after `after` up to where it stood at the call, and whatever follows on the way.
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from eventstore import Position
+from eventstore import LogPosition
 from projections.live import LiveUpdate
 
 from .. import json
@@ -35,8 +35,8 @@ class Change(msgspec.Struct, frozen=True, array_like=True):
     """The Server-Sent Event's data."""
 
     @property
-    def cursor(self) -> Position:
-        return Position(self.tx_id, self.global_position)
+    def cursor(self) -> LogPosition:
+        return LogPosition(self.tx_id, self.global_position)
 
 
 def render(update: LiveUpdate) -> Change:

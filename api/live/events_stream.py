@@ -16,7 +16,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from domain.events import EVENT_TYPES
-from eventstore import Position, UnknownPosition
+from eventstore import LogPosition, UnknownPosition
 
 from ..errors import ApiError
 from ..query import BIGGEST, QueryParams
@@ -46,13 +46,14 @@ async def events_stream(request: Request) -> Response:
     types = query.listed("type", tuple(EVENT_TYPES))
     position_ids = query.uuids("position_id")
     query.done()
+    where = ["header", "Last-Event-ID"] if resume is not None else ["query", "after"]
     try:
         start = None if after is None else await services.store.position_of(after)
     except UnknownPosition:
         raise ApiError(
             422,
             "validation failed",
-            [{"loc": ["query", "after"], "msg": "no event has this position"}],
+            [{"loc": where, "msg": "no event has this position"}],
         ) from None
 
     wanted_types = None if types is None else set(types)
@@ -77,7 +78,7 @@ async def events_stream(request: Request) -> Response:
 
 
 async def _events(
-    hub: Hub, subscriber: Subscriber, after: Position, open_streams: Gauge
+    hub: Hub, subscriber: Subscriber, after: LogPosition, open_streams: Gauge
 ) -> AsyncIterator[bytes]:
     open_streams.inc()
     try:

@@ -21,7 +21,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import LockError, RedisError
 
-from eventstore import EventStore, Position
+from eventstore import EventStore, LogPosition
 from projections.live import LiveView
 
 from .changes import Change, render
@@ -44,7 +44,7 @@ class Link(msgspec.Struct, frozen=True, array_like=True):
     A heartbeat has no change: `prev` is where the relay is.
     """
 
-    prev: Position
+    prev: LogPosition
     change: Change | None = None
 
 
@@ -123,7 +123,7 @@ class Feed:
                 for update in await view.updates([event]):
                     self._hub.publish(render(update))
 
-    async def _catch_up(self, upto: Position) -> None:
+    async def _catch_up(self, upto: LogPosition) -> None:
         """Publish from the log what lies between the hub's position and `upto` (inclusive)."""
         view = LiveView(self._store, self._pool)
         async with aclosing(self._store.read_all(self._hub.cursor, batch_size=500)) as batches:
@@ -248,5 +248,5 @@ class Feed:
 class _Relayed:
     """Where the relay is: the last change it put in the stream."""
 
-    def __init__(self, prev: Position) -> None:
+    def __init__(self, prev: LogPosition) -> None:
         self.prev = prev

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from eventstore import START, EventStore, Position
+from eventstore import START, EventStore, LogPosition
 from projections.live import LiveView
 
 from .changes import Change, render
@@ -58,7 +58,9 @@ class Subscriber:
         "token_id",
     )
 
-    def __init__(self, owner: str | None, wants: Filter, limit: int, joined_at: Position) -> None:
+    def __init__(
+        self, owner: str | None, wants: Filter, limit: int, joined_at: LogPosition
+    ) -> None:
         self.owner = owner
         """Only this owner's positions (None: everyone's)."""
         self.joined_at = joined_at
@@ -139,7 +141,7 @@ class Hub:
         self._store = store
         self._pool = pool
         self._queue_limit = queue_limit
-        self.cursor: Position = START
+        self.cursor: LogPosition = START
         """The last change published: where the feed goes on from."""
         self._everyone: set[Subscriber] = set()
         self._by_owner: dict[str, set[Subscriber]] = {}
@@ -227,7 +229,7 @@ class Hub:
     async def changes(
         self,
         subscriber: Subscriber,
-        after: Position,
+        after: LogPosition,
         idle: float | None = None,
     ) -> AsyncIterator[Change | None]:
         """Every change after `after` that the subscriber wants, in log order, exactly once.
@@ -243,7 +245,7 @@ class Hub:
             if change is None or change.cursor > after:
                 yield change
 
-    async def backlog(self, subscriber: Subscriber, after: Position) -> AsyncIterator[Change]:
+    async def backlog(self, subscriber: Subscriber, after: LogPosition) -> AsyncIterator[Change]:
         """The changes after `after` that the subscriber wants and that the hub passed before it
         joined (so they are not in its queue), from the log, in log order."""
         if after >= subscriber.joined_at:

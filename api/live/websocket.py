@@ -15,7 +15,7 @@ from typing import Any
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from eventstore import LogSnapshot, Position, UnknownPosition
+from eventstore import LogPosition, LogSnapshot, UnknownPosition
 from projections import queries
 
 from .. import json
@@ -101,7 +101,7 @@ class _Sender:
     def __init__(self, websocket: WebSocket, subscriber: Subscriber) -> None:
         self._websocket = websocket
         self._subscriber = subscriber
-        self._after: Position | None = None
+        self._after: LogPosition | None = None
         """Resuming: the client has the changes up to here (None once one has passed it)."""
         self._xmax: int | None = None
         self._running: frozenset[int] | None = None
@@ -113,7 +113,7 @@ class _Sender:
         self.receiving = receiving
         """The handler's task, which waits for the client to leave."""
 
-    def start(self, services: Any, after: Position | None) -> None:
+    def start(self, services: Any, after: LogPosition | None) -> None:
         """First the book (or, from `after`, the changes the hub passed before the subscriber
         joined), then each change as it comes."""
         self._after = after
@@ -180,7 +180,7 @@ class _Sender:
         return True
 
 
-async def _after(store: Any, raw: str | None) -> Position | None:
+async def _after(store: Any, raw: str | None) -> LogPosition | None:
     if raw is None:
         return None
     if not raw.isdigit() or int(raw) > BIGGEST:

@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from domain.events import EVENT_TYPES
 from domain.streams import position_stream
-from eventstore import Position, RecordedEvent
+from eventstore import LogPosition, RecordedEvent
 from projections import audit
 
 from ..as_of import settled
@@ -99,12 +99,12 @@ async def audit_events(request: Request) -> Response:
     )
 
 
-def _encode_cursor(position: Position) -> str:
+def _encode_cursor(position: LogPosition) -> str:
     raw = f"{position.tx_id}:{position.global_position}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _cursor(query: QueryParams, name: str) -> Position | None:
+def _cursor(query: QueryParams, name: str) -> LogPosition | None:
     value = query.params.get(name)
     if value is None:
         return None
@@ -116,7 +116,7 @@ def _cursor(query: QueryParams, name: str) -> Position | None:
     except (ValueError, binascii.Error, UnicodeDecodeError):
         query.errors.append({"loc": ["query", name], "msg": "not a cursor this service gave"})
         return None
-    return Position(tx_id, global_position)
+    return LogPosition(tx_id, global_position)
 
 
 routes = [

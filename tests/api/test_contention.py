@@ -21,7 +21,7 @@ import httpx
 from eventstore import EventStore, create_pool
 from projections.runner import verify
 
-from .conftest import token
+from .conftest import running_service, token
 from .support import fresh_symbol
 
 CONNECTIONS = 64
@@ -66,8 +66,19 @@ async def _open(client: httpx.AsyncClient, symbol: str, quantity: int = 10) -> d
 
 
 async def test_no_command_kind_answers_a_fault_under_sustained_contention(
-    service_url: str, api_database: str
+    database_url: str,
 ) -> None:
+    # A service and a database of its own: thousands of positions, which other tests' whole-book
+    # reads should not have to carry.
+    service = running_service({"DATABASE_URL": database_url})
+    service_url = await asyncio.to_thread(service.__enter__)
+    try:
+        await _race(service_url, database_url)
+    finally:
+        await asyncio.to_thread(service.__exit__, None, None, None)
+
+
+async def _race(service_url: str, api_database: str) -> None:
     user = f"racer-{uuid.uuid4().hex[:10]}"
     tally = Tally()
     symbols = [fresh_symbol() for _ in range(3)]

@@ -743,11 +743,13 @@ def test_partial_closes_accumulate_and_the_exit_price_is_their_weighted_average(
     assert first["quantity"] == 6
     assert first["entry_price"] == 100
     assert first["realized_pnl"] == 40
-    assert first["exit_price"] is None
+    assert first["exit_price"] == 110  # the average of every closing price so far
 
     second = exact(close(user, created["id"], exit_price=95, quantity="1.5"))
     assert second["quantity"] == Decimal("4.5")
     assert second["realized_pnl"] == Decimal("32.5")
+    # (4*110 + 1.5*95) / 5.5 = 582.5 / 5.5, to 8 places
+    assert second["exit_price"] == Decimal("105.90909091")
 
     last = exact(close(user, created["id"], exit_price="97"))
     assert last["status"] == "closed"
@@ -951,7 +953,7 @@ def test_update_prices_remarks_every_open_position_of_the_symbols(
 
     assert response.status_code == 200, response.text
     answer = response.json()
-    assert answer["symbols"] == [symbol]
+    assert answer["symbols"] == answer["symbols_updated"] == [symbol]
     assert answer["positions_updated"] == 2
 
     body = exact(user.http.get(f"/positions/{long['id']}"))

@@ -9,12 +9,12 @@ import pytest
 
 from domain import rules
 from domain.errors import (
+    AlreadyClosed,
     InvalidCommand,
     NoExitPrice,
     NotOpen,
     NotPending,
     PositionAlreadyExists,
-    PositionClosed,
     PositionNotFound,
 )
 from domain.events import MarketPricesUpdated
@@ -304,11 +304,11 @@ def test_filling_a_filled_order_again_is_refused() -> None:
 
 
 def test_filling_a_closed_position_is_refused() -> None:
-    given(opened(), closed("10", "110", "100", "110")).when(fill()).then_refuses(PositionClosed)
+    given(opened(), closed("10", "110", "100", "110")).when(fill()).then_refuses(AlreadyClosed)
 
 
 def test_filling_a_cancelled_order_is_refused() -> None:
-    given(ordered(), cancelled()).when(fill()).then_refuses(PositionClosed)
+    given(ordered(), cancelled()).when(fill()).then_refuses(AlreadyClosed)
 
 
 def test_filling_a_deleted_order_is_refused_as_not_found() -> None:
@@ -477,18 +477,18 @@ def test_a_stop_on_the_wrong_side_is_reported_with_the_other_broken_rules_of_an_
 
 def test_amending_a_closed_position_is_refused() -> None:
     given(opened(), closed("10", "110", "100", "110")).when(amend(notes="x")).then_refuses(
-        PositionClosed
+        AlreadyClosed
     )
 
 
 def test_marking_a_closed_position_is_refused() -> None:
     given(opened(), closed("10", "110", "100", "110")).when(
         amend(current_price="111")
-    ).then_refuses(PositionClosed)
+    ).then_refuses(AlreadyClosed)
 
 
 def test_amending_a_cancelled_order_is_refused() -> None:
-    given(ordered(), cancelled()).when(amend(notes="x")).then_refuses(PositionClosed)
+    given(ordered(), cancelled()).when(amend(notes="x")).then_refuses(AlreadyClosed)
 
 
 def test_amending_a_deleted_position_is_refused_as_not_found() -> None:
@@ -561,7 +561,7 @@ def test_adding_to_a_pending_order_is_refused() -> None:
 
 def test_adding_to_a_closed_position_is_refused() -> None:
     given(opened(), closed("10", "110", "100", "110")).when(increase("1", "100")).then_refuses(
-        PositionClosed
+        AlreadyClosed
     )
 
 
@@ -728,11 +728,11 @@ def test_closing_a_pending_order_needs_no_exit_price() -> None:
 
 
 def test_closing_a_closed_position_is_refused() -> None:
-    given(opened(), closed("10", "110", "100", "110")).when(close()).then_refuses(PositionClosed)
+    given(opened(), closed("10", "110", "100", "110")).when(close()).then_refuses(AlreadyClosed)
 
 
 def test_closing_a_cancelled_order_is_refused() -> None:
-    given(ordered(), cancelled()).when(close()).then_refuses(PositionClosed)
+    given(ordered(), cancelled()).when(close()).then_refuses(AlreadyClosed)
 
 
 def test_closing_a_deleted_position_is_refused_as_not_found() -> None:

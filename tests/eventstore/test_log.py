@@ -7,12 +7,12 @@ import asyncio
 import asyncpg
 import pytest
 
-from eventstore import START, EventStore, Position, UnknownPosition
+from eventstore import START, EventStore, LogPosition, UnknownPosition
 
 from .factories import new_event, new_stream, settled
 
 
-async def read_everything(store: EventStore, after: Position = START, **filters) -> list:
+async def read_everything(store: EventStore, after: LogPosition = START, **filters) -> list:
     await settled(store)
     return [e async for batch in store.read_all(after, **filters) for e in batch]
 

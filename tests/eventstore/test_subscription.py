@@ -15,7 +15,7 @@ from eventstore import (
     START,
     CheckpointConflict,
     EventStore,
-    Position,
+    LogPosition,
     RecordedEvent,
     load_checkpoint,
     save_checkpoint,
@@ -110,7 +110,7 @@ async def test_an_append_in_the_callers_transaction_wakes_subscribers_when_it_co
 
 
 async def test_checkpoint_compare_and_set_detects_a_second_runner(pool: asyncpg.Pool) -> None:
-    first, second = Position(10, 5), Position(11, 6)
+    first, second = LogPosition(10, 5), LogPosition(11, 6)
     async with pool.acquire() as connection:
         assert await load_checkpoint(connection, "read-model") == START
         await save_checkpoint(connection, "read-model", START, first)
@@ -118,10 +118,10 @@ async def test_checkpoint_compare_and_set_detects_a_second_runner(pool: asyncpg.
         # Two runners both loaded `first`; the one that saves second must fail.
         await save_checkpoint(connection, "read-model", first, second)
         with pytest.raises(CheckpointConflict):
-            await save_checkpoint(connection, "read-model", first, Position(12, 7))
+            await save_checkpoint(connection, "read-model", first, LogPosition(12, 7))
         # And a runner that started from nothing while another had already moved on.
         with pytest.raises(CheckpointConflict):
-            await save_checkpoint(connection, "read-model", START, Position(12, 7))
+            await save_checkpoint(connection, "read-model", START, LogPosition(12, 7))
 
         assert await load_checkpoint(connection, "read-model") == second
 

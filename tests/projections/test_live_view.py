@@ -16,7 +16,7 @@ import pytest
 
 from commands import PositionHandlers
 from domain.streams import position_id_of
-from eventstore import START, EventStore, Position, RecordedEvent
+from eventstore import START, EventStore, LogPosition, RecordedEvent
 from projections import queries
 from projections.live import LiveView
 from projections.positions import project_positions
@@ -25,7 +25,7 @@ from ..eventstore.factories import settled
 from .test_rebuild import random_workload
 
 
-async def _log(store: EventStore, after: Position = START) -> list[RecordedEvent]:
+async def _log(store: EventStore, after: LogPosition = START) -> list[RecordedEvent]:
     await settled(store)
     return [event async for batch in store.read_all(after) for event in batch]
 
