@@ -7,6 +7,8 @@ domain's own per-field rules run on every field that converted; all findings are
 from __future__ import annotations
 
 import functools
+import json as stdlib_json
+import typing
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
@@ -110,7 +112,42 @@ def decode_object(raw: bytes) -> dict[str, Any]:
         raise ApiError(
             422, "validation failed", [{"loc": ["body"], "msg": "must be a JSON object"}]
         )
+    _refuse_duplicate_keys(raw)
     return data
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> None:
+    if len(pairs) > 1 and len({key for key, _ in pairs}) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+
+
+# Only the keys matter: the values are not built (the body was decoded already, exactly).
+_KEYS_ONLY = stdlib_json.JSONDecoder(
+    object_pairs_hook=_unique_keys, parse_float=len, parse_int=len, parse_constant=len
+)
+
+
+def _refuse_duplicate_keys(raw: bytes) -> None:
+    """A key given twice in one object is refused (decoders keep the last value, silently)."""
+    try:
+        _KEYS_ONLY.decode(raw.decode())
+    except RecursionError:
+        raise ApiError(
+            422, "the body is not valid JSON", [{"loc": ["body"], "msg": "nested too deeply"}]
+        ) from None
+    except _DuplicateKey as duplicate:
+        [key] = duplicate.args
+        raise ApiError(
+            422, "validation failed", [{"loc": ["body", key], "msg": "is given more than once"}]
+        ) from None
 
 
 @functools.cache
@@ -140,9 +177,27 @@ def parse_object(data: dict[str, Any], kind: type[Body], location: str = "body")
         try:
             values[field.name] = msgspec.convert(data[name], field.type)
         except msgspec.ValidationError as error:
-            errors.append({"loc": [location, name], "msg": _message(error)})
+            errors += _conversion_errors(data[name], field.type, [location, name], error)
     _check(values, errors, location)
     return kind(**values)
+
+
+def _conversion_errors(
+    value: Any, kind: Any, loc: list[Any], error: msgspec.ValidationError
+) -> list[dict[str, Any]]:
+    """Each bad element of a list named by its index (`["body", "position_ids", 3]`), else the
+    field itself."""
+    if isinstance(value, list) and typing.get_origin(kind) is list:
+        [element] = typing.get_args(kind)
+        found = []
+        for index, item in enumerate(value):
+            try:
+                msgspec.convert(item, element)
+            except msgspec.ValidationError as bad:
+                found.append({"loc": [*loc, index], "msg": _message(bad)})
+        if found:
+            return found
+    return [{"loc": loc, "msg": _message(error)}]
 
 
 def _check(values: dict[str, Any], errors: list[dict[str, Any]], location: str) -> None:

@@ -89,6 +89,13 @@ def test_bad_parameters_are_422_naming_the_field(
     assert [e["loc"] for e in body["errors"]] == [["query", field]]
 
 
+@pytest.mark.parametrize("last", ["999999999", "x"])
+def test_a_bad_last_event_id_is_422_naming_the_header(user: Caller, last: str) -> None:
+    answer = user.http.get("/events/stream", headers={"Last-Event-ID": last})
+    body = assert_error(answer, 422, "/events/stream")
+    assert [e["loc"] for e in body["errors"]] == [["header", "Last-Event-ID"]]
+
+
 async def test_each_event_has_its_position_type_data_and_metadata(
     service_url: str, user: Caller, other_user: Caller
 ) -> None:
