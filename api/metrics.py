@@ -13,7 +13,15 @@ from contextvars import ContextVar
 from itertools import accumulate
 
 import asyncpg
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
@@ -25,6 +33,11 @@ _recorded: ContextVar[Tally[str] | None] = ContextVar("recorded", default=None)
 class Metrics:
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
+        # What every Python exporter has: process_* (resident memory, CPU seconds, open file
+        # descriptors), python_gc_* (collections by generation) and python_info.
+        ProcessCollector(registry=registry)
+        GCCollector(registry=registry)
+        PlatformCollector(registry=registry)
         self.requests = RequestTally()
         registry.register(self.requests)
         self.open_streams = Gauge(

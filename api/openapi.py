@@ -60,6 +60,8 @@ class BulkAnswer(msgspec.Struct):
 
 class PricesAnswer(msgspec.Struct):
     symbols: list[str]
+    symbols_updated: list[str]
+    """The same as `symbols`, under the name clients of the original API read."""
     positions_updated: int
     position: int
 

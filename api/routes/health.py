@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -35,6 +36,9 @@ async def _timed(probe: Any) -> dict[str, Any]:
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError):
         return {"reachable": False}
     return {"reachable": True, "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+
+SERVICE_NAME = "position-service"
 
 
 async def _live_feed_lag(services: Any) -> int | None:
@@ -69,6 +73,9 @@ async def health(request: Request) -> Response:
             },
             "version": __version__,
             "uptime_seconds": round(time.monotonic() - services.started_at, 3),
+            # Kept for clients of the original API, which read these two.
+            "service": SERVICE_NAME,
+            "timestamp": datetime.now(UTC),
         },
         status_code=503 if status == "unhealthy" else 200,
     )

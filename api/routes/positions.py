@@ -449,7 +449,8 @@ async def _price_answers(
         result
         if isinstance(result, DomainError)
         else {
-            "symbols": sorted(result.data["prices"]),
+            "symbols": (symbols := sorted(result.data["prices"])),
+            "symbols_updated": symbols,  # the name clients of the original API read
             "positions_updated": sum(open_positions.get(s, 0) for s in result.data["prices"]),
             "position": result.global_position,
         }

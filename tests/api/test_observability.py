@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
@@ -39,6 +40,8 @@ def test_health_reports_the_database_redis_and_the_live_feed(
     }
     assert body["projections"]["live_feed"]["lag_events"] == 0
     assert body["version"] and body["uptime_seconds"] >= 0
+    assert body["service"] == "position-service"  # kept for clients of the original API
+    assert abs(datetime.fromisoformat(body["timestamp"]) - datetime.now(UTC)) < timedelta(minutes=1)
     assert live.json() == {"status": "alive"} and ready.json() == {"status": "ready"}
 
 
@@ -85,7 +88,7 @@ def test_without_the_database_health_is_503_and_the_service_not_ready(
 def _samples(text: str, name: str) -> dict[str, float]:
     return {
         labels: float(value)
-        for labels, value in re.findall(rf"^{name}(\{{.*\}}) (\S+)$", text, re.MULTILINE)
+        for labels, value in re.findall(rf"^{name}(\{{.*\}})? (\S+)$", text, re.MULTILINE)
     }
 
 
@@ -123,6 +126,12 @@ async def test_metrics_count_by_route_template_and_event_type(
     assert 'le="0.1",method="GET",route="/positions/{position_id}"}' in after
     assert _samples(after, "db_pool_connections")['{state="idle"}'] >= 0
     assert "live_feed_lag_events " in after
+    # What every Python exporter has, beside the service's own series.
+    assert _samples(after, "process_resident_memory_bytes")[""] > 10_000_000
+    assert _samples(after, "process_cpu_seconds_total")[""] > 0
+    assert _samples(after, "process_open_fds")[""] > 0
+    assert _samples(after, "python_gc_collections_total")['{generation="0"}'] >= 0
+    assert "python_info{" in after
 
 
 def test_request_latencies_fall_in_prometheus_buckets_upper_bound_included() -> None:
