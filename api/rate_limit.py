@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .auth import AuthError, TokenVerifier
 from .errors import ApiError, error_response
+from .security import verified
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +101,10 @@ class RateLimitMiddleware:
 
     def _caller(self, request: Request) -> str:
         """The token's subject; a request without a valid token is counted by its address."""
-        try:
-            principal = self._verifier.principal_from_header(request.headers.get("authorization"))
-            return "sub:" + principal.subject
-        except AuthError:
+        principal = verified(request.scope, self._verifier)
+        if isinstance(principal, AuthError):
             return "ip:" + (request.client.host if request.client else "unknown")
+        return "sub:" + principal.subject
 
     async def _wait(self, caller: str) -> float:
         if self._take is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from starlette.requests import HTTPConnection
+from starlette.types import Scope
 
 from .auth import AuthError, Principal, Role, TokenVerifier
 from .errors import ApiError
@@ -13,11 +14,27 @@ PRICE_WRITERS = {Role.ADMIN, Role.SERVICE}
 
 
 def authenticate(connection: HTTPConnection) -> Principal:
-    verifier: TokenVerifier = connection.app.state.verifier
-    principal = verifier.principal_from_header(connection.headers.get("authorization"))
-    refuse_if_revoked(connection, principal)
-    connection.scope["state"]["principal"] = principal
-    return principal
+    result = verified(connection.scope, connection.app.state.verifier)
+    if isinstance(result, AuthError):
+        raise result
+    refuse_if_revoked(connection, result)
+    connection.scope["state"]["principal"] = result
+    return result
+
+
+def verified(scope: Scope, verifier: TokenVerifier) -> Principal | AuthError:
+    """The request's bearer token, checked once however many layers ask (the rate limiter, then
+    the route): its principal, or why it was refused."""
+    state = scope.setdefault("state", {})
+    result = state.get("verified")
+    if result is None:
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        try:
+            result = verifier.principal_from_header(None if header is None else header.decode())
+        except AuthError as refusal:
+            result = refusal
+        state["verified"] = result
+    return result
 
 
 def refuse_if_revoked(connection: HTTPConnection, principal: Principal) -> None:

@@ -6,6 +6,9 @@ import time
 import uuid
 
 import httpx
+import pytest
+
+from api.auth import Principal, TokenVerifier
 
 from .conftest import running_service, token
 from .support import assert_error
@@ -57,3 +60,24 @@ def test_with_redis_a_caller_has_one_budget_across_instances(
 
     assert spread == [200, 200, 200, 200]
     assert refused == [429, 429]
+
+
+def test_a_token_is_verified_once_per_request_though_the_limiter_reads_it_too(
+    api_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[str | None] = []
+    check = TokenVerifier.principal_from_header
+
+    def counted(verifier: TokenVerifier, header: str | None) -> Principal:
+        checked.append(header)
+        return check(verifier, header)
+
+    monkeypatch.setattr(TokenVerifier, "principal_from_header", counted)
+    env = {"DATABASE_URL": api_database, "RATE_LIMIT_PER_SECOND": "100"}
+    with running_service(env) as url:
+        checked.clear()
+        answer = _get(url, "counted")
+        with_bad_token = httpx.get(f"{url}/positions", headers={"Authorization": "Bearer x.y.z"})
+
+    assert answer.status_code == 200 and with_bad_token.status_code == 401
+    assert len(checked) == 2  # one per request
