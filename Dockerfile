@@ -4,14 +4,16 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY domain/ domain/
 COPY eventstore/ eventstore/
 COPY commands/ commands/
 COPY projections/ projections/
 COPY api/ api/
 COPY migrations/ migrations/
-RUN pip install . \
+# The runtime dependencies exactly as locked (scripts/lock.sh), then the project itself.
+RUN pip install --require-hashes -r requirements.lock \
+    && pip install --no-deps . \
     && useradd --system --uid 10001 --home-dir /app service \
     && chown -R service /app
 

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 
 import pytest
 import yaml
@@ -93,3 +94,38 @@ def test_the_image_runs_as_an_unprivileged_user_with_a_health_check() -> None:
     assert re.search(r"^USER (?!root)\w+", dockerfile, re.MULTILINE)
     assert "HEALTHCHECK" in dockerfile and "/health/ready" in dockerfile
     assert '"serve", "--production"' in dockerfile
+
+
+def _locked(name: str) -> dict[str, str]:
+    """A lock file's pins, by normalized name; each must carry at least one hash."""
+    pins: dict[str, str] = {}
+    hashed: set[str] = set()
+    for line in (PROJECT_ROOT / name).read_text().splitlines():
+        if re.match(r"[A-Za-z0-9]", line):
+            package, version = line.split(" ", 1)[0].split("==")
+            current = re.sub(r"[-_.]+", "-", package).lower()
+            pins[current] = version
+        elif "--hash=sha256:" in line:
+            hashed.add(current)
+    assert pins and hashed == pins.keys()
+    return pins
+
+
+def test_installs_come_from_lock_files_with_hashes_that_match_pyproject() -> None:
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    runtime, with_tests = _locked("requirements.lock"), _locked("requirements-test.lock")
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.sub(r"[-_.]+", "-", re.split(r"[\[<>=~ ]", r)[0]).lower() for r in requirements}
+
+    assert names(project["dependencies"]) <= runtime.keys()
+    assert names(project["optional-dependencies"]["test"]) <= with_tests.keys()
+    # The service's environment has no test tool (some, like websockets, it needs itself).
+    assert not {"pytest", "pytest-asyncio", "hypothesis", "schemathesis", "httpx"} & runtime.keys()
+    assert {name: with_tests[name] for name in runtime} == runtime  # the same versions
+    bootstrap = (PROJECT_ROOT / "scripts" / "bootstrap.sh").read_text()
+    assert "--require-hashes" in bootstrap
+    assert "requirements-test.lock" in (PROJECT_ROOT / "test.sh").read_text()
+    assert "LOCK" not in (PROJECT_ROOT / "start.sh").read_text()  # the runtime lock, by default
+    dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
+    assert "--require-hashes -r requirements.lock" in dockerfile
