@@ -223,7 +223,7 @@ def _go_away_first(loop: asyncio.AbstractEventLoop, services: Services) -> None:
 
     uvicorn stops accepting, lets requests in flight finish and closes WebSockets with 1012. First
     the service marks itself not ready and ends its live connections itself: WebSockets with 1001
-    (what SPEC.md promises), SSE streams at an event boundary. Then uvicorn's own handler runs.
+    (what docs/api.md promises), SSE streams at an event boundary. Then uvicorn's own handler runs.
     Signals reach only the main thread: a server run in another thread (tests) is stopped directly.
     """
     if threading.current_thread() is not threading.main_thread():

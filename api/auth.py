@@ -1,4 +1,4 @@
-"""Bearer-token verification (SPEC "Authentication and authorisation").
+"""Bearer-token verification (docs/api.md, "Authentication and roles").
 
 Pure functions over strings: the route layer reads the header (or `?token=`) and turns
 `AuthError` into 401. The accepted algorithm comes from configuration only; a token's own
@@ -193,7 +193,7 @@ class TokenVerifier:
                 issuer=s.issuer,
                 audience=s.audience,
                 leeway=s.leeway_seconds,
-                # pyjwt rejects any `aud` when given no audience; the SPEC checks it only when set.
+                # pyjwt rejects any `aud` when given no audience; docs/api.md checks it only if set.
                 options={"require": ["exp", "sub"], "verify_aud": s.audience is not None},
             )
         except jwt.MissingRequiredClaimError as error:

@@ -243,27 +243,23 @@ def _serve(settings: Settings, *, workers: int, quiet: bool = False) -> int:
     # uvicorn shuts down gracefully, then re-raises the signal that stopped it. Let SIGTERM end the
     # process the way Ctrl-C does, so that exit handlers run (they stop the embedded database).
     signal.signal(signal.SIGTERM, _exit)
+    log_config, log_level = logging_config(settings.log_level), settings.log_level.lower()
+    if quiet and settings.log_level != "DEBUG":
+        for name in ("uvicorn", "uvicorn.error", "api.database", "eventstore.migrations"):
+            log_config["loggers"].setdefault(name, {"handlers": [], "propagate": True})
+            log_config["loggers"][name]["level"] = "WARNING"
+        log_level = "warning"  # uvicorn sets its own loggers to this after reading log_config
     uvicorn.run(
         "api.app:create_app",
         factory=True,
         host=settings.host,
         port=settings.port,
         workers=workers if workers > 1 else None,
-        log_level=settings.log_level.lower(),
-        log_config=_quietly(logging_config(settings.log_level))
-        if quiet
-        else logging_config(settings.log_level),
+        log_level=log_level,
+        log_config=log_config,
         **SERVER_OPTIONS,
     )
     return 0
-
-
-def _quietly(config: dict) -> dict:
-    if config["root"]["level"] != "DEBUG":
-        for name in ("uvicorn", "uvicorn.error", "api.database"):
-            config["loggers"].setdefault(name, {"handlers": [], "propagate": True})
-            config["loggers"][name]["level"] = "WARNING"
-    return config
 
 
 def _exit(signum: int, frame: object) -> None:

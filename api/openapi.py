@@ -90,7 +90,7 @@ class AuditPage(msgspec.Struct):
 
 
 class Figures(msgspec.Struct):
-    """The summary's figures (DOMAIN.md); money and percentages are exact decimals."""
+    """The summary's figures (docs/domain.md); money and percentages are exact decimals."""
 
     total_positions: int
     open_positions: int
@@ -141,7 +141,7 @@ def _components() -> dict[str, Any]:
         name: {**schema, "additionalProperties": False}
         for name, schema in _replace(requests, _DECIMAL, _DECIMAL_IN).items()
     }
-    schemas["Summary"]["additionalProperties"] = True  # every figure of DOMAIN.md
+    schemas["Summary"]["additionalProperties"] = True  # every figure of docs/domain.md
     schemas["Prices"] = {
         "type": "object",
         "additionalProperties": _DECIMAL_IN,
@@ -346,7 +346,7 @@ _OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "/portfolio/summary": {
         "get": {
-            "summary": "The figures of DOMAIN.md over the caller's positions (or the book)",
+            "summary": "The portfolio figures (docs/domain.md) of the caller's positions or the book",
             "parameters": [_query("owner", {"type": "string"}, "admin and service"), *_AS_OF],
             "responses": {"200": _json("Summary", "the figures"), **_errors(401, 403, 422)},
         }
@@ -427,7 +427,7 @@ def document() -> dict[str, Any]:
             "title": "Position service",
             "version": __version__,
             "description": "Positions, exact P&L, live updates and a replayable audit trail. "
-            "The WebSocket `/ws/positions?token=...` is described in the README.",
+            "The WebSocket `/ws/positions?token=...` is described in docs/api.md.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],

@@ -1,4 +1,5 @@
-"""Figures of a position and of a book, as DOMAIN.md defines them. Pure functions of Decimals.
+"""Figures of a position and of a book, as docs/domain.md defines them. Pure functions of
+Decimals.
 
 A missing market price is not zero: until one arrives, a position's market value and exposure use
 its entry price and its unrealized P&L is 0. The sums over a book (exposures, positions at risk)

@@ -319,7 +319,7 @@ def _figures(row: asyncpg.Record) -> dict[str, Any]:
 async def portfolio_summary(
     connection: asyncpg.Connection | asyncpg.Pool, owner: str | None, risk_proximity_pct: Decimal
 ) -> dict[str, Any]:
-    """The figures of DOMAIN.md over `owner`'s positions, or over the whole book for None."""
+    """The figures of docs/domain.md over `owner`'s positions, or over the whole book for None."""
     rows = await connection.fetch(_SUMMARY, owner, risk_proximity_pct.scaleb(-2), NO_STRATEGY)
     summary: dict[str, Any] = {}  # the grand total row exists even for an empty book
     by_symbol: dict[str, Any] = {}

@@ -402,7 +402,11 @@ def test_the_projects_own_tokens_carry_a_jti_so_they_can_be_revoked(
     process.wait(10)
     log = process.log_file  # type: ignore[attr-defined]
     log.seek(0)
-    printed = re.findall(r"^  (admin|user) +\w+ +(\S+)$", log.read(), re.MULTILINE)
+    output = log.read()
+    printed = re.findall(r"^  (admin|user) +\w+ +(\S+)$", output, re.MULTILINE)
+    # What a newcomer reads first: where, which database, the tokens; uvicorn's lines only at DEBUG.
+    assert output.startswith("position service (development) at http://127.0.0.1:")
+    assert "database: " in output and "Started server process" not in output
 
     assert [role for role, _ in printed] == ["admin", "user"]
     ids = [_claims(token)["jti"] for token in [*minted, *(token for _, token in printed)]]

@@ -1,4 +1,4 @@
-"""GET /portfolio/summary: the figures of DOMAIN.md over the caller's positions (or the book)."""
+"""GET /portfolio/summary: the figures of docs/domain.md over the caller's positions (or book)."""
 
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ def event_types(dsn: str, position_id: str) -> list[str]:
 def assert_error(
     response: httpx.Response, status: int, path: str, correlation_id: str | None = None
 ) -> dict:
-    """The status, and the SPEC's error body: detail, timestamp, path, correlation_id."""
+    """The status, and the error body of docs/api.md: detail, timestamp, path, correlation_id."""
     assert response.status_code == status, response.text
     body = response.json()
     assert isinstance(body["detail"], str) and body["detail"], body

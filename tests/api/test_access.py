@@ -1,4 +1,4 @@
-"""Who may do what, over every route (SPEC "Authentication and authorisation", "Positions").
+"""Who may do what, over every route (docs/api.md, "Authentication and roles", "Positions").
 
 Three parts:
 
@@ -11,7 +11,7 @@ Three parts:
    conflict, a stale version, a closed position), bulk updates over mixed ids, opening for another
    owner, deletion, prices, idempotency keys kept per caller.
 
-Decisions of this codebase the SPEC leaves open (asserted here, so a change is noticed):
+Decisions of this codebase stated in docs/api.md (asserted here, so a change is noticed):
 - the service role reads everything and posts prices but may not create or change positions (403);
 - a user's DELETE is 403 whoever owns the position (the role may never delete; nothing leaks);
 - a user naming itself in `?owner=` is allowed; anyone else is 403, not an empty answer;

@@ -1,4 +1,4 @@
-"""Token verification (SPEC "Authentication and authorisation"): pure, no database."""
+"""Token verification (docs/api.md, "Authentication and roles"): pure, no database."""
 
 from __future__ import annotations
 

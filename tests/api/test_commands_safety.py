@@ -1,4 +1,5 @@
-"""Failure paths of commands: races, retries and Idempotency-Key (SPEC "Positions").
+"""Failure paths of commands: races, retries and Idempotency-Key (docs/api.md, "Idempotency
+and concurrency").
 
 Races are real: each racer has its own connection, opened beforehand, and they all send at once
 (a barrier releases them together). Outcomes are checked on the answers and on the `events` table.

@@ -1,4 +1,5 @@
-"""GET /portfolio/summary against DOMAIN.md ("Portfolio summary", "One position", "Numbers").
+"""GET /portfolio/summary against docs/domain.md ("Portfolio summary", "One position",
+"Numbers").
 
 The test is the oracle: every figure is computed here, independently of domain/portfolio.py and
 projections/queries.py, from the positions the service lists (checked first against a model of the
@@ -128,7 +129,7 @@ def percent(part: Decimal | int, whole: Decimal | int) -> Decimal:
 
 
 def figures(positions: list[dict]) -> dict[str, Any]:
-    """Every figure of DOMAIN.md's summary over `positions` (as GET /positions lists them)."""
+    """Every figure of docs/domain.md's summary over `positions` (as GET /positions lists them)."""
     with localcontext(EXACT):
         counts = dict.fromkeys(COUNTS, 0)
         long_exposure = short_exposure = unrealized = realized = Decimal(0)
@@ -182,7 +183,7 @@ def figures(positions: list[dict]) -> dict[str, Any]:
         elif gross_loss == 0:
             profit_factor = None
         else:
-            # DOMAIN.md leaves its rounding open; the service rounds it like a percentage.
+            # Rounded like a percentage, as docs/domain.md says (6 places, half to even).
             profit_factor = six_places(Fraction(gross_profit) / Fraction(-gross_loss))
         return {
             **counts,

@@ -1,5 +1,5 @@
-"""Every position endpoint over a real socket, against SPEC.md ("Positions", "Errors") and
-DOMAIN.md.
+"""Every position endpoint over a real socket, against docs/api.md ("Positions", "Errors and
+validation") and docs/domain.md.
 
 Each test acts as fresh callers, so it sees only its own positions. Market prices are global: a
 test about prices uses a symbol no other test uses.
@@ -18,7 +18,7 @@ import pytest
 from .conftest import Caller
 from .support import assert_error, event_types, events_of, exact, fresh_symbol
 
-SPEC_FIELDS = {
+CONTRACT_FIELDS = {
     "id",
     "owner",
     "symbol",
@@ -94,7 +94,7 @@ def test_create_answers_201_with_location_etag_and_every_field(user: Caller) -> 
 
     assert response.status_code == 201, response.text
     body = exact(response)
-    assert SPEC_FIELDS <= body.keys()
+    assert CONTRACT_FIELDS <= body.keys()
     assert response.headers["location"] == f"/positions/{body['id']}"
     assert response.headers["etag"] == '"1"'
     uuid.UUID(body["id"])

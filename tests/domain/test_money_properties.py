@@ -1,7 +1,7 @@
 """Money properties of a position, over many generated histories (Hypothesis).
 
 The expected figures are computed here, independently of the domain, with exact fractions: the
-DOMAIN.md formulas, with the one rounding the domain makes (the average entry price is rounded,
+docs/domain.md formulas, with the one rounding the domain makes (the average entry price is rounded,
 half to even, to 8 places after each addition; so is the final exit price).
 """
 
@@ -108,7 +108,7 @@ def test_realized_pnl_of_scaling_in_and_out_is_the_domain_formula_on_the_rounded
     for quantity, price in additions:
         book.run(increase(quantity, price))
 
-    # What DOMAIN.md says, computed here: avg = (avg*q + px*add_q) / (q + add_q), rounded.
+    # What docs/domain.md says, computed here: avg = (avg*q + px*add_q) / (q + add_q), rounded.
     average, open_quantity = Fraction(first[1]), Fraction(first[0])
     for quantity, price in additions:
         average = half_even_8(

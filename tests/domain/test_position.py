@@ -1,5 +1,5 @@
 """A position's commands and what they lead to: given events, when a command, then events (or a
-refusal). The rules are those of DOMAIN.md ("One position") and SPEC.md ("Positions")."""
+refusal). The rules are those of docs/domain.md ("One position") and docs/api.md ("Positions")."""
 
 from __future__ import annotations
 
