@@ -81,7 +81,8 @@ def embedded_server() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-async def _run_admin(url: str, *statements: str) -> None:
+async def run_admin(url: str, *statements: str) -> None:
+    """Statements of the test's own (no parameters) on a connection of their own."""
     connection = await asyncpg.connect(url)
     try:
         for statement in statements:
@@ -95,7 +96,7 @@ def make_template(server_url: str) -> str:
     name = f"pms_template_{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
     async def create() -> None:
-        await _run_admin(server_url, f'CREATE DATABASE "{name}"')
+        await run_admin(server_url, f'CREATE DATABASE "{name}"')
         connection = await asyncpg.connect(with_database(server_url, name))
         try:
             await migrate(connection, MIGRATIONS)
@@ -107,7 +108,7 @@ def make_template(server_url: str) -> str:
 
 
 def drop_template(server_url: str, name: str) -> None:
-    asyncio.run(_run_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(run_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")
@@ -125,11 +126,11 @@ def template_database(pg_server: str):
 @pytest.fixture
 async def database_url(pg_server: str, template_database: str) -> AsyncIterator[str]:
     name = f"pms_test_{uuid.uuid4().hex[:12]}"
-    await _run_admin(pg_server, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    await run_admin(pg_server, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
     try:
         yield with_database(pg_server, name)
     finally:
-        await _run_admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await run_admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from commands import PositionHandlers
 from eventstore import EventStore, create_pool
 from projections.positions import project_positions
 
+from .conftest import run_admin
 from .domain.given import open_position
 
 
@@ -328,7 +329,11 @@ def test_each_request_is_one_json_line_with_its_correlation_id_and_no_secret(
     secret = "log-test-secret-long-enough-for-hs256!!"
     process, base = start_service(
         service_env(
-            DATABASE_URL=database_url, DATA_DIR=str(data_dir), JWT_SECRET=secret, SQL_ECHO="true"
+            DATABASE_URL=database_url,
+            DATA_DIR=str(data_dir),
+            JWT_SECRET=secret,
+            SQL_ECHO="true",
+            LOG_LEVEL="DEBUG",  # uvicorn's own lines too (the WebSocket's URL among them)
         )
     )
     bearer = trader_token(secret)
@@ -435,7 +440,7 @@ async def test_a_command_whose_output_is_data_logs_to_stderr(pg_server: str) -> 
     """export's stdout is JSON lines of events and nothing else, even while it applies the
     migrations and logs at DEBUG; verify's holds only its findings."""
     name = f"pms_cli_{uuid.uuid4().hex[:10]}"
-    await _admin(pg_server, f'CREATE DATABASE "{name}"')
+    await run_admin(pg_server, f'CREATE DATABASE "{name}"')
     dsn = with_database(pg_server, name)
     env = service_env(DATABASE_URL=dsn, LOG_LEVEL="DEBUG")
     try:
@@ -450,7 +455,7 @@ async def test_a_command_whose_output_is_data_logs_to_stderr(pg_server: str) -> 
         exported = await asyncio.to_thread(run_cli, "export", env=env)
         verified = await asyncio.to_thread(run_cli, "verify", env=env)
     finally:
-        await _admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await run_admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     assert first.returncode == 0 and first.stdout == "", first.stdout
     assert "applied migration" in first.stderr  # the log went to stderr
@@ -459,11 +464,3 @@ async def test_a_command_whose_output_is_data_logs_to_stderr(pg_server: str) -> 
     assert line["type"] == "PositionOpened" and line["actor"] == "ann"
     assert verified.returncode == 0, verified.stderr
     assert verified.stdout.strip() == "the read models agree with the log"
-
-
-async def _admin(url: str, statement: str) -> None:
-    connection = await asyncpg.connect(url)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()

@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
-import asyncpg
 import httpx
 import pytest
 import uvicorn
@@ -28,6 +27,8 @@ from api.cli import SERVER_OPTIONS
 from api.config import Settings
 from api.database import with_database
 
+from ..conftest import run_admin
+
 SECRET = "api-tests-secret-that-is-long-enough-for-hs256"
 
 
@@ -37,20 +38,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-async def _admin(url: str, statement: str) -> None:
-    connection = await asyncpg.connect(url)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 @pytest.fixture(scope="session")
 def api_database(pg_server: str, template_database: str) -> Iterator[str]:
     name = f"pms_api_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(pg_server, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"'))
+    asyncio.run(run_admin(pg_server, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"'))
     yield with_database(pg_server, name)
-    asyncio.run(_admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(run_admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @contextmanager

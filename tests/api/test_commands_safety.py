@@ -14,6 +14,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
 from decimal import Decimal
 
@@ -235,24 +236,37 @@ def test_a_create_the_domain_refuses_among_concurrent_ones_is_refused_alone(
     assert opened[0]["n"] == 6
 
 
-@pytest.fixture
-def refused_symbol(api_database: str) -> Iterator[str]:
-    """A symbol whose read-model rows the database refuses (a trigger), as a fault would."""
+@contextmanager
+def refused_rows(dsn: str, table: str, events: str) -> Iterator[str]:
+    """A symbol whose rows of `table` the database refuses (a trigger), as a fault would."""
     symbol = fresh_symbol()
     db_execute(
-        api_database,
+        dsn,
         f"""
         CREATE FUNCTION refuse_{symbol}() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN RAISE EXCEPTION 'refused for the test'; END $$;
-        CREATE TRIGGER refuse_{symbol} BEFORE INSERT ON positions FOR EACH ROW
+        CREATE TRIGGER refuse_{symbol} BEFORE {events} ON {table} FOR EACH ROW
         WHEN (NEW.symbol = '{symbol}') EXECUTE FUNCTION refuse_{symbol}();
         """,
     )
-    yield symbol
-    db_execute(
-        api_database,
-        f"DROP TRIGGER refuse_{symbol} ON positions; DROP FUNCTION refuse_{symbol}();",
-    )
+    try:
+        yield symbol
+    finally:
+        db_execute(
+            dsn, f"DROP TRIGGER refuse_{symbol} ON {table}; DROP FUNCTION refuse_{symbol}();"
+        )
+
+
+@pytest.fixture
+def refused_symbol(api_database: str) -> Iterator[str]:
+    with refused_rows(api_database, "positions", "INSERT") as symbol:
+        yield symbol
+
+
+@pytest.fixture
+def refused_price(api_database: str) -> Iterator[str]:
+    with refused_rows(api_database, "market_prices", "INSERT OR UPDATE") as symbol:
+        yield symbol
 
 
 def test_creates_sharing_a_transaction_the_database_refuses_are_recorded_alone(
@@ -280,26 +294,6 @@ def test_creates_sharing_a_transaction_the_database_refuses_are_recorded_alone(
     for answer in answers:
         if answer.status_code == 201:
             assert user.http.get(answer.headers["location"]).json() == answer.json()
-
-
-@pytest.fixture
-def refused_price(api_database: str) -> Iterator[str]:
-    """A symbol whose market price the database refuses (a trigger), as a fault would."""
-    symbol = fresh_symbol()
-    db_execute(
-        api_database,
-        f"""
-        CREATE FUNCTION refuse_{symbol}() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN RAISE EXCEPTION 'refused for the test'; END $$;
-        CREATE TRIGGER refuse_{symbol} BEFORE INSERT OR UPDATE ON market_prices FOR EACH ROW
-        WHEN (NEW.symbol = '{symbol}') EXECUTE FUNCTION refuse_{symbol}();
-        """,
-    )
-    yield symbol
-    db_execute(
-        api_database,
-        f"DROP TRIGGER refuse_{symbol} ON market_prices; DROP FUNCTION refuse_{symbol}();",
-    )
 
 
 def _market_events(dsn: str, symbols: list[str]) -> list[asyncpg.Record]:
