@@ -191,20 +191,6 @@ def advance(row: PositionRow | None, recorded: RecordedEvent) -> PositionRow:
     return row
 
 
-def priced(row: PositionRow, market: tuple[Decimal, tuple[int, int]] | None) -> Decimal | None:
-    """The position's price: its own or its symbol's market price, whichever is later in the log.
-
-    The twin of queries._PRICE, for callers that hold the row in memory. A closed position keeps
-    the price it closed at.
-    """
-    state = row.state
-    if market is None or state.status == "closed":
-        return state.current_price
-    price, priced_at = market
-    marked_at = row.marked_at
-    return price if marked_at is None or priced_at > marked_at else state.current_price
-
-
 class _Batch:
     def __init__(self, connection: asyncpg.Connection) -> None:
         self.connection = connection

@@ -75,13 +75,11 @@ def position_view(row: asyncpg.Record | dict[str, Any]) -> PositionView:
     )
 
 
-# A position's price now: its own (a mark, or the price it closed at) or its symbol's market price,
-# whichever came later in the log. A closed position keeps its own.
-_PRICE = """
-CASE WHEN p.status <> 'closed' AND m.price IS NOT NULL
-          AND (p.mark_tx IS NULL OR (m.tx_id, m.last_event) > (p.mark_tx, p.mark_position))
-     THEN m.price ELSE p.current_price END
-"""
+# A position's price now: see migrations/006_position_price.sql.
+_PRICE = (
+    "position_price(p.status, p.current_price, p.mark_tx, p.mark_position,"
+    " m.price, m.tx_id, m.last_event)"
+)
 _FROM = "positions p LEFT JOIN market_prices m USING (symbol)"
 _PRICED = f"SELECT p.*, {_PRICE} AS price FROM {_FROM}"
 
