@@ -7,20 +7,10 @@ from datetime import datetime
 from eventstore import EventStore, LogPosition, UnknownPosition
 
 from .errors import ApiError
-from .query import QueryParams
 
 SETTLE_SECONDS = 5.0
 AS_OF_HEADER = "X-As-Of-Position"
 """On a historical answer: the last event position it reflects."""
-
-
-def requested_point(query: QueryParams) -> datetime | int | None:
-    """The moment or event position asked for; None for now."""
-    moment = query.moment("as_of")
-    at = query.integer("at", None, 0)
-    if moment is not None and at is not None:
-        query.errors.append({"loc": ["query", "at"], "msg": "give as_of or at, not both"})
-    return moment if moment is not None else at
 
 
 async def log_position(point: datetime | int, store: EventStore) -> LogPosition:

@@ -7,6 +7,7 @@ statuses). Decimals travel as JSON numbers (requests may also send numeric strin
 
 from __future__ import annotations
 
+import typing
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -29,6 +30,16 @@ from .bodies import (
     RevokeTokenBody,
 )
 from .json import JSONResponse
+from .parameters import (
+    AuditQuery,
+    CloseQuery,
+    EventsQuery,
+    FillQuery,
+    PositionListQuery,
+    PositionQuery,
+    Query,
+    SummaryQuery,
+)
 
 # -- what the routes answer (for the document only: the routes build these as plain data) --------
 
@@ -163,8 +174,22 @@ def _json(name: str | dict, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _query(name: str, schema: dict, description: str = "") -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema, **_text(description)}
+def query_parameters(kind: type[Query]) -> list[dict[str, Any]]:
+    """The query parameters `kind` declares, described from their types (api/parameters.py)."""
+    hints = typing.get_type_hints(kind, include_extras=True)
+    described = []
+    for field in msgspec.structs.fields(kind):
+        schema = msgspec.json.schema(hints[field.name])
+        # X | None: absent is None, which a query string cannot say anyway.
+        schema = next((s for s in schema.get("anyOf", []) if s.get("type") != "null"), schema)
+        description = schema.pop("description", "")
+        if "default" in schema or field.default not in (None, msgspec.NODEFAULT):
+            schema["default"] = field.default
+        parameter = {"name": field.encode_name, "in": "query", "required": False, "schema": schema}
+        if schema.get("type") == "array":  # comma-separated, or the parameter repeated
+            parameter |= {"style": "form", "explode": False}
+        described.append(parameter | _text(description))
+    return described
 
 
 def _text(description: str) -> dict[str, str]:
@@ -172,7 +197,6 @@ def _text(description: str) -> dict[str, str]:
 
 
 _ID = {"name": "position_id", "in": "path", "required": True, "schema": {"type": "string"}}
-_DECIMAL_QUERY = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$"}
 _IF_MATCH = {
     "name": "If-Match",
     "in": "header",
@@ -187,10 +211,6 @@ _IDEMPOTENCY_KEY = {
     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
     "description": "a retry with the same key returns the first answer and records nothing",
 }
-_AS_OF = [
-    _query("as_of", {"type": "string", "format": "date-time"}, "the state as it was then"),
-    _query("at", {"type": "integer", "minimum": 0}, "the state after this event position"),
-]
 _ERRORS = {
     str(status): _json("Error", description)
     for status, description in {
@@ -220,14 +240,7 @@ _OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "get": {
             "summary": "The caller's positions, newest first (X-Total-Count: how many match)",
             "parameters": [
-                _query("status", {"enum": ["pending", "open", "closed"]}),
-                _query("symbol", {"type": "string"}),
-                _query("strategy", {"type": "string"}),
-                _query("side", {"enum": ["long", "short"]}),
-                _query("owner", {"type": "string"}, "admin and service only"),
-                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
-                _query("offset", {"type": "integer", "minimum": 0}),
-                *_AS_OF,
+                *query_parameters(PositionListQuery),
             ],
             "responses": {
                 "200": _json({"type": "array", "items": _ref("PositionView")}, "the page"),
@@ -266,7 +279,7 @@ _OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "/positions/{position_id}": {
         "get": {
             "summary": "One position (ETag: its version)",
-            "parameters": [_ID, *_AS_OF],
+            "parameters": [_ID, *query_parameters(PositionQuery)],
             "responses": {**_position(200, "the position"), **_errors(401, 404, 422)},
         },
         "put": {
@@ -286,7 +299,7 @@ _OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "summary": "Fill a pending position, at entry_price (query or body) or as ordered",
             "parameters": [
                 _ID,
-                _query("entry_price", _DECIMAL_QUERY),
+                *query_parameters(FillQuery),
                 _IF_MATCH,
                 _IDEMPOTENCY_KEY,
             ],
@@ -307,8 +320,7 @@ _OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "summary": "Close at exit_price (else the current price); quantity closes part",
             "parameters": [
                 _ID,
-                _query("exit_price", _DECIMAL_QUERY),
-                _query("quantity", _DECIMAL_QUERY),
+                *query_parameters(CloseQuery),
                 _IF_MATCH,
                 _IDEMPOTENCY_KEY,
             ],
@@ -329,25 +341,15 @@ _OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "get": {
             "summary": "Admin: the log searched, a page at a time",
             "parameters": [
-                _query("position_id", {"type": "string"}, "ids, comma-separated"),
-                _query("owner", {"type": "string"}),
-                _query("actor", {"type": "string"}),
-                _query("type", {"type": "string"}, "event types, comma-separated"),
-                _query("from", {"type": "string", "format": "date-time"}),
-                _query("to", {"type": "string", "format": "date-time"}),
-                _query("from_position", {"type": "integer", "minimum": 0}),
-                _query("to_position", {"type": "integer", "minimum": 0}),
-                _query("order", {"enum": ["newest", "oldest"]}),
-                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
-                _query("cursor", {"type": "string"}, "next_cursor of the page before"),
+                *query_parameters(AuditQuery),
             ],
             "responses": {"200": _json("AuditPage", "a page"), **_errors(401, 403, 422)},
         }
     },
     "/portfolio/summary": {
         "get": {
-            "summary": "The portfolio figures (docs/domain.md) of the caller's positions or the book",
-            "parameters": [_query("owner", {"type": "string"}, "admin and service"), *_AS_OF],
+            "summary": "The portfolio figures (docs/domain.md): the caller's positions or the book",
+            "parameters": query_parameters(SummaryQuery),
             "responses": {"200": _json("Summary", "the figures"), **_errors(401, 403, 422)},
         }
     },
@@ -366,9 +368,7 @@ _OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "get": {
             "summary": "Server-Sent Events: the log, resumable with Last-Event-ID or after",
             "parameters": [
-                _query("after", {"type": "integer", "minimum": 0}),
-                _query("type", {"type": "string"}, "event types, comma-separated"),
-                _query("position_id", {"type": "string"}, "ids, comma-separated"),
+                *query_parameters(EventsQuery),
                 {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
             ],
             "responses": {

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
+import msgspec
+import msgspec.inspect as types
 from starlette import datastructures
 from starlette.requests import HTTPConnection
 
@@ -14,9 +16,31 @@ from domain.rules import check_fields
 
 from .bodies import NUL_MESSAGE
 from .errors import ApiError, field_errors
+from .parameters import BIGGEST, Query
 
-BIGGEST = 2**63 - 1
-"""The largest whole number PostgreSQL's bigint holds: positions, offsets and limits fit in it."""
+Parsed = TypeVar("Parsed", bound=Query)
+
+
+def parse_query(
+    connection: HTTPConnection, kind: type[Parsed], *, ignore: frozenset[str] = frozenset()
+) -> Parsed:
+    """The query string as `kind` declares it (api/parameters.py); every problem at once (422).
+
+    Parameters it does not declare are not read; those named in `ignore` are left at their
+    default (a value given another way instead, such as a header).
+    """
+    reader = QueryParams(connection)
+    values = {}
+    for field in msgspec.inspect.type_info(kind).fields:
+        if field.encode_name in ignore:
+            continue
+        value = reader.read(field.encode_name, field.type, field.default)
+        if value is not None:
+            values[field.name] = value
+    parsed = kind(**values)
+    reader.errors += parsed.problems()
+    reader.done()
+    return parsed
 
 
 def in_range(moment: datetime) -> bool:
@@ -127,6 +151,31 @@ class QueryParams:
             self._fail(name, "must be between the years 1 and 9999 in UTC")
             return None
         return value
+
+    def read(self, name: str, kind: types.Type, default: Any) -> Any:
+        """A parameter of the declared type, by the converter for that type."""
+        extra: dict[str, Any] = {}
+        if isinstance(kind, types.UnionType):  # X | None: absent is None
+            [kind] = [t for t in kind.types if not isinstance(t, types.NoneType)]
+        if isinstance(kind, types.Metadata):
+            extra, kind = kind.extra or {}, kind.type
+        default = None if default is msgspec.NODEFAULT else default
+        match kind:
+            case types.LiteralType(values=values):
+                return self.text(name, choices=tuple(values)) or default
+            case types.StrType():
+                return self.text(name, upper=extra.get("upper", False))
+            case types.IntType(ge=low, le=high):
+                return self.integer(name, default, low or 0, high)
+            case types.DecimalType():
+                return self.decimal(name)
+            case types.DateTimeType():
+                return self.moment(name)
+            case types.ListType(item_type=types.UUIDType()):
+                return self.uuids(name)
+            case types.ListType(item_type=types.LiteralType(values=values)):
+                return self.listed(name, tuple(values))
+        raise TypeError(f"no converter for the query parameter {name!r} ({kind})")
 
     def done(self) -> None:
         if self.errors:

@@ -15,11 +15,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from domain.events import EVENT_TYPES
 from eventstore import LogPosition, UnknownPosition
 
 from ..errors import ApiError
-from ..query import BIGGEST, QueryParams
+from ..parameters import BIGGEST, EventsQuery
+from ..query import parse_query
 from ..security import READERS_OF_EVERYTHING, authenticate
 from .changes import Change
 from .hub import Hub, HubClosed, Revoked, Subscriber, TooSlow
@@ -31,21 +31,19 @@ KEEPALIVE_SECONDS = 15.0
 async def events_stream(request: Request) -> Response:
     principal = authenticate(request)
     services = request.app.state.services
-    query = QueryParams(request)
     resume = request.headers.get("last-event-id")
-    if resume is not None:
-        if not resume.isdigit() or int(resume) > BIGGEST:
-            raise ApiError(
-                422,
-                "validation failed",
-                [{"loc": ["header", "Last-Event-ID"], "msg": "must be a whole number >= 0"}],
-            )
-        after: int | None = int(resume)
-    else:
-        after = query.integer("after", None, 0)
-    types = query.listed("type", tuple(EVENT_TYPES))
-    position_ids = query.uuids("position_id")
-    query.done()
+    if resume is not None and (not resume.isdigit() or int(resume) > BIGGEST):
+        raise ApiError(
+            422,
+            "validation failed",
+            [{"loc": ["header", "Last-Event-ID"], "msg": "must be a whole number >= 0"}],
+        )
+    # Last-Event-ID, when given, says where to resume: `after` is not read then.
+    query = parse_query(
+        request, EventsQuery, ignore=frozenset() if resume is None else frozenset({"after"})
+    )
+    after = query.after if resume is None else int(resume)
+    types, position_ids = query.type, query.position_id
     where = ["header", "Last-Event-ID"] if resume is not None else ["query", "after"]
     try:
         start = None if after is None else await services.store.position_of(after)

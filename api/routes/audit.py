@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 from uuid import UUID
 
@@ -11,16 +9,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from domain.events import EVENT_TYPES
 from domain.streams import position_stream
-from eventstore import LogPosition, RecordedEvent
+from eventstore import RecordedEvent
 from projections import audit
 
 from ..as_of import settled
 from ..auth import Role
 from ..errors import ApiError
 from ..json import JSONResponse
-from ..query import BIGGEST, QueryParams
+from ..parameters import AuditQuery, decode_cursor, encode_cursor
+from ..query import parse_query
 from ..security import READERS_OF_EVERYTHING, authenticate, require
 
 _METADATA = (
@@ -67,22 +65,20 @@ async def position_history(request: Request) -> Response:
 async def audit_events(request: Request) -> Response:
     principal = authenticate(request)
     require(principal, {Role.ADMIN})
-    query = QueryParams(request)
-    order = query.text("order", choices=("newest", "oldest")) or "newest"
+    query = parse_query(request, AuditQuery)
     criteria = audit.EventSearch(
-        position_ids=query.uuids("position_id"),
-        owner=query.text("owner"),
-        actor=query.text("actor"),
-        event_types=query.listed("type", tuple(EVENT_TYPES)),
-        recorded_from=query.moment("from"),
-        recorded_to=query.moment("to"),
-        from_position=query.integer("from_position", None, 0),
-        to_position=query.integer("to_position", None, 0),
-        newest_first=order == "newest",
+        position_ids=query.position_id,
+        owner=query.owner,
+        actor=query.actor,
+        event_types=query.type,
+        recorded_from=query.recorded_from,
+        recorded_to=query.recorded_to,
+        from_position=query.from_position,
+        to_position=query.to_position,
+        newest_first=query.order == "newest",
     )
-    limit = query.integer("limit", 100, 1, 1000)
-    cursor = _cursor(query, "cursor")
-    query.done()
+    limit = query.limit
+    cursor = None if query.cursor is None else decode_cursor(query.cursor)
     services = request.app.state.services
     await settled(services.store)
     # One more than asked: whether there is a next page.
@@ -94,29 +90,9 @@ async def audit_events(request: Request) -> Response:
     return JSONResponse(
         {
             "events": [entry(event) for event in page],
-            "next_cursor": _encode_cursor(page[-1].position) if more else None,
+            "next_cursor": encode_cursor(page[-1].position) if more else None,
         }
     )
-
-
-def _encode_cursor(position: LogPosition) -> str:
-    raw = f"{position.tx_id}:{position.global_position}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _cursor(query: QueryParams, name: str) -> LogPosition | None:
-    value = query.params.get(name)
-    if value is None:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
-        tx_id, global_position = (int(part) for part in raw.split(":"))
-        if not (0 <= tx_id <= BIGGEST and 0 <= global_position <= BIGGEST):
-            raise ValueError("out of range")
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        query.errors.append({"loc": ["query", name], "msg": "not a cursor this service gave"})
-        return None
-    return LogPosition(tx_id, global_position)
 
 
 routes = [

@@ -11,18 +11,17 @@ from starlette.routing import Route
 from projections import queries
 from projections.as_of import read_models_at
 
-from ..as_of import AS_OF_HEADER, log_position, requested_point
+from ..as_of import AS_OF_HEADER, log_position
 from ..json import JSONResponse
-from ..query import QueryParams
+from ..parameters import SummaryQuery
+from ..query import parse_query
 from ..security import authenticate, visible_owner
 
 
 async def summary(request: Request) -> Response:
     principal = authenticate(request)
-    query = QueryParams(request)
-    owner = visible_owner(principal, query.text("owner"))
-    point = requested_point(query)
-    query.done()
+    query = parse_query(request, SummaryQuery)
+    owner, point = visible_owner(principal, query.owner), query.point
     services = request.app.state.services
     proximity = services.settings.risk_stop_proximity_pct
     if point is None:

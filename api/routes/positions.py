@@ -29,7 +29,7 @@ from projections import queries
 from projections.as_of import read_models_at
 from projections.queries import PositionFilter
 
-from ..as_of import AS_OF_HEADER, log_position, requested_point
+from ..as_of import AS_OF_HEADER, log_position
 from ..auth import Principal, Role
 from ..bodies import (
     MAX_BATCH,
@@ -46,7 +46,8 @@ from ..context import event_metadata
 from ..errors import ApiError, as_api_error, error_body, field_errors
 from ..idempotency import run_command
 from ..json import JSONResponse
-from ..query import QueryParams
+from ..parameters import CloseQuery, FillQuery, PositionListQuery, PositionQuery
+from ..query import parse_query
 from ..security import (
     POSITION_WRITERS,
     PRICE_WRITERS,
@@ -57,9 +58,6 @@ from ..security import (
 )
 from ..transactions import GroupWriteFailed, shared_transaction
 from . import resource
-
-STATUSES = ("pending", "open", "closed")
-SIDES = ("long", "short")
 
 
 def _now() -> datetime:
@@ -98,18 +96,15 @@ def _position_id(request: Request) -> UUID:
 
 async def list_positions(request: Request) -> Response:
     principal = authenticate(request)
-    query = QueryParams(request)
+    query = parse_query(request, PositionListQuery)
     where = PositionFilter(
-        owner=visible_owner(principal, query.text("owner")),
-        status=query.text("status", choices=STATUSES),
-        symbol=query.text("symbol", upper=True),
-        strategy=query.text("strategy"),
-        side=query.text("side", choices=SIDES),
+        owner=visible_owner(principal, query.owner),
+        status=query.status,
+        symbol=query.symbol,
+        strategy=query.strategy,
+        side=query.side,
     )
-    limit = query.integer("limit", 100, 1, 1000)
-    offset = query.integer("offset", 0, 0)
-    point = requested_point(query)
-    query.done()
+    limit, offset, point = query.limit, query.offset, query.point
     services = _services(request)
     if point is None:
         views, total = await queries.list_positions(services.pool, where, limit, offset)
@@ -125,9 +120,7 @@ async def get_position(request: Request) -> Response:
     principal = authenticate(request)
     position_id = _position_id(request)
     owner = None if principal.role in READERS_OF_EVERYTHING else principal.subject
-    query = QueryParams(request)
-    point = requested_point(query)
-    query.done()
+    point = parse_query(request, PositionQuery).point
     services = _services(request)
     if point is None:
         return _position_response(await queries.get_position(services.pool, position_id, owner))
@@ -268,9 +261,7 @@ async def fill_position(request: Request) -> Response:
     principal = authenticate(request)
     require(principal, POSITION_WRITERS)
     position_id = _position_id(request)
-    query = QueryParams(request)
-    price = query.decimal("entry_price")
-    query.done()
+    price = parse_query(request, FillQuery).entry_price
     location = "query"
     raw = await read_body(request)
     if raw.strip():
@@ -293,10 +284,8 @@ async def close_position(request: Request) -> Response:
     principal = authenticate(request)
     require(principal, POSITION_WRITERS)
     position_id = _position_id(request)
-    query = QueryParams(request)
-    exit_price = query.decimal("exit_price")
-    quantity = query.decimal("quantity")
-    query.done()
+    query = parse_query(request, CloseQuery)
+    exit_price, quantity = query.exit_price, query.quantity
     if exit_price is None:
         exit_price = await queries.current_price(_services(request).pool, position_id)
     command = ClosePosition(at=_now(), exit_price=exit_price, quantity=quantity)

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import httpx
 import jsonschema
+import msgspec
 import pytest
 from openapi_spec_validator import validate
 from starlette.routing import Mount, Route
 
 from api.app import create_app
 from api.auth import AuthSettings
+from api.parameters import (
+    AuditQuery,
+    CloseQuery,
+    EventsQuery,
+    FillQuery,
+    PositionListQuery,
+    PositionQuery,
+    SummaryQuery,
+)
 
 from .conftest import Caller
 
@@ -93,3 +103,65 @@ def test_the_interactive_docs_come_with_their_assets(service_url: str) -> None:
     assert "/openapi.json" in page.text and "http" not in page.text  # nothing from the internet
     assert script.status_code == 200 and "SwaggerUIBundle" in script.text
     assert style.status_code == 200
+
+
+def _bad_value(schema: dict) -> str:
+    """A value the parameter's declared type refuses."""
+    if schema.get("type") == "array":
+        return "not-a-uuid" if schema["items"].get("format") == "uuid" else "NoSuchType"
+    if "enum" in schema:
+        return "nonsense"
+    if schema.get("type") == "integer":
+        return "x"
+    if schema.get("format") == "date-time":
+        return "yesterday"
+    if "pattern" in schema:
+        return "twelve"
+    return "a\x00b"  # any text: but never a NUL, which PostgreSQL cannot hold
+
+
+def test_every_query_parameter_is_read_by_its_route_as_its_declared_type(
+    spec: dict, admin: Caller
+) -> None:
+    """Each parameter of every operation, given a value of the wrong type, answers 422 naming
+    that parameter: the route reads what the document says, as the type says."""
+    position = admin.open()
+    declared = [
+        (path, method, parameter)
+        for path, item in spec["paths"].items()
+        for method, operation in item.items()
+        for parameter in operation.get("parameters", [])
+        if parameter["in"] == "query"
+    ]
+    assert len(declared) >= 30
+    for path, method, parameter in declared:
+        url = path.replace("{position_id}", position["id"])
+        response = admin.http.request(
+            method.upper(), url, params={parameter["name"]: _bad_value(parameter["schema"])}
+        )
+        assert response.status_code == 422, (path, method, parameter["name"], response.text)
+        assert ["query", parameter["name"]] in [e["loc"] for e in response.json()["errors"]], (
+            path,
+            parameter["name"],
+        )
+
+
+def test_each_operation_documents_exactly_the_parameters_its_type_declares(spec: dict) -> None:
+    declared = {
+        ("/positions", "get"): PositionListQuery,
+        ("/positions/{position_id}", "get"): PositionQuery,
+        ("/positions/{position_id}/open", "post"): FillQuery,
+        ("/positions/{position_id}/close", "post"): CloseQuery,
+        ("/portfolio/summary", "get"): SummaryQuery,
+        ("/audit/events", "get"): AuditQuery,
+        ("/events/stream", "get"): EventsQuery,
+    }
+    documented = {
+        (path, method): [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
+        for path, item in spec["paths"].items()
+        for method, operation in item.items()
+    }
+    for operation, names in documented.items():
+        kind = declared.get(operation)
+        expected = [] if kind is None else [f.encode_name for f in msgspec.structs.fields(kind)]
+        assert names == expected, operation
