@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
@@ -29,18 +30,29 @@ def parse_query(
     Parameters it does not declare are not read; those named in `ignore` are left at their
     default (a value given another way instead, such as a header).
     """
+    if not connection.scope["query_string"]:
+        return kind()  # nothing given: every default (most requests)
     reader = QueryParams(connection)
     values = {}
-    for field in msgspec.inspect.type_info(kind).fields:
-        if field.encode_name in ignore:
+    for name, encode_name, declared, default in _fields(kind):
+        if encode_name in ignore:
             continue
-        value = reader.read(field.encode_name, field.type, field.default)
+        value = reader.read(encode_name, declared, default)
         if value is not None:
-            values[field.name] = value
+            values[name] = value
     parsed = kind(**values)
     reader.errors += parsed.problems()
     reader.done()
     return parsed
+
+
+@functools.cache
+def _fields(kind: type[Query]) -> tuple[tuple[str, str, types.Type, Any], ...]:
+    """Each field's name, parameter name, type and default: inspected once per kind."""
+    return tuple(
+        (field.name, field.encode_name, field.type, field.default)
+        for field in types.type_info(kind).fields
+    )
 
 
 def in_range(moment: datetime) -> bool:
