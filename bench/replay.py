@@ -1,63 +1,11 @@
 """Replay and rebuild benchmark: the whole log through the positions projector, beside a raw read.
 
-Run from the project root (about 12 minutes with the defaults; `--events 50000` is a smoke run of
-under a minute):
+Events/s and CPU per event of a raw read, `store.read_all`, a replay (`rebuild_into`) and a
+rebuild of a generated log; the log, phases, checks and targets: BENCHMARKS.md, "Replay and
+rebuild".
 
     python -m bench.replay [--events 1000000] [--rounds 3] [--keep] [--strict] [--reuse-pool]
                            [--profile [--py-spy PATH] [--profile-dir DIR]]
-
-It drops and creates its own database (`bench_replay`, on the server of BENCH_DATABASE_URL, default
-postgresql:///postgres, which is used as the admin connection only), applies the project's
-migrations with `eventstore.migrate`, and writes a log of `--events` events (not measured):
-
-  positions   `--events`/10 positions (`--positions`) of ~`--events`/1000 owners (`--owners`, some
-              far busier than others) on 200 symbols (`--symbols`, some far more traded), each
-              opened (a tenth as pending orders, later filled or cancelled) and then amended
-              (PositionMarked, StopLossMoved, NotesChanged, TakeProfitMoved, StrategyChanged),
-              scaled in (PositionIncreased), partly closed (PositionReduced) and mostly closed
-              (PositionClosed), a few deleted; about 10 events each. `--active` positions (a tenth
-              of them) are alive at once, so the events of any stretch of the log touch that many
-              positions, and a position's events spread over a tenth of the log;
-  prices      a MarketPricesUpdated of 20-100 symbols on the "market-prices" stream every
-              `--market-every` (200) events.
-
-Every event is what the domain decides (`domain.position.decide`) from a command on the position's
-state folded so far, with the metadata the API writes (actor, role, client address, user agent,
-correlation and causation ids). The log is appended with `EventStore.append_streams`, in atomic
-multi-stream batches of 5000 events (no inline projector; `synchronous_commit = off` on the
-writing connections), then VACUUM (ANALYZE)d. Then, measured in ONE run:
-
-  raw      baseline: a keyset SELECT of the same rows and columns in log order (`WHERE (tx_id,
-           global_position) > ($1, $2) ORDER BY tx_id, global_position LIMIT 1000`) on a plain
-           `asyncpg.connect` with the store's jsonb codec (`eventstore.init_connection`: msgspec,
-           exact decimals): every row read and its JSON decoded, nothing else;
-  read     (information) `EventStore.read_all(batch_size=1000)`: the same plus the store's
-           barrier and its RecordedEvent objects, i.e. the reading half of a replay;
-  replay   `projections.runner.rebuild_into(pool, store, schema)`: the whole log folded in
-           memory with the projector's fold (`FoldedPositions`), read in batches of 5000 with
-           the next batch read while one is folded, then written by COPY into fresh tables in a
-           scratch schema (dropped after), analysed, and the checkpoint saved;
-  rebuild  `projections.runner.rebuild(pool, store)` end to end: the same
-           build beside the live tables, then the swap that replaces them. The live read model is
-           built once (by an unmeasured rebuild) before the first measured one.
-
-The raw, read and replay phases alternate over `--rounds` rounds (in order, then reversed), then
-the rebuilds run `--rounds` times. Each replay and rebuild runs on a fresh pool of 3 connections,
-as `python -m api rebuild` does (it makes a pool for the one rebuild); `--reuse-pool` runs them
-all on one pool instead, as a long-lived process would, which shows a planning problem (see
-BENCHMARKS.md). The report gives medians, the CPU time per event of this client and of the
-database's backends (from /proc: the server is local), the sequential scans of the positions table
-the projector wrote (it reads rows by primary key: a scan per batch means a bad plan), and
-replay/raw against the target >= 0.5 and the rebuild's seconds against < 60 s for 1,000,000 events
-(scaled for other sizes). A CHECKPOINT precedes every measured phase, so each starts from the
-same clean state.
-
-The results are checked: every phase must see all the events, a replay's tables must equal the
-live ones row for row (`differing_rows`), and the live read model must hold the positions, per
-status, with the versions and realized P&L the generator's own folded states have.
-
-With --profile, one more replay runs under py-spy (`record --nonblocking`, this process), and the
-report names where this process spends the replay's time, by place and by innermost frame.
 """
 
 from __future__ import annotations
@@ -66,7 +14,7 @@ import argparse
 import asyncio
 import os
 import platform
-import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -84,20 +32,7 @@ from uuid import UUID
 
 import asyncpg
 
-from bench.common import (
-    DISTURBED,
-    EventsSample,
-    backend_pids,
-    database_dsn,
-    drop_database,
-    load_average,
-    machine_ticks,
-    median,
-    num,
-    print_table,
-    process_seconds,
-    recreate_database,
-)
+from bench import harness
 from domain.commands import (
     AmendPosition,
     ClosePosition,
@@ -119,13 +54,10 @@ from eventstore import (
     StreamAppend,
     create_pool,
     init_connection,
-    migrate,
     reset_checkpoint,
 )
 from projections.runner import differing_rows, rebuild, rebuild_into
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ADMIN_DSN = "postgresql:///postgres"
 BATCH = 1000  # the raw read's batch (catch_up's default)
 WRITE_BATCH = 5000  # events per atomic append while generating
 POOL_SIZE = 3  # the runner holds one connection and reads the log through another
@@ -145,6 +77,14 @@ SELECT status, count(*) AS positions, sum(version) AS versions, sum(realized_pnl
 FROM positions GROUP BY status ORDER BY status
 """
 
+PHASES = {
+    "raw": f"raw keyset SELECT + JSON decode, batch {BATCH}",
+    "read": f"store.read_all, batch {BATCH} (information)",
+    "replay": "replay: rebuild_into (fold in memory, COPY)",
+    "rebuild": "rebuild: rebuild_into + swap, end to end",
+}
+SCRATCH = "bench_replay"  # the schema a replay builds into
+
 
 # -- the log ---------------------------------------------------------------------------------
 
@@ -160,15 +100,7 @@ NOTES = [
 ]
 USER_AGENTS = ["desk-client/4.2.1", "python-httpx/0.28.1", "okhttp/4.12.0", "Mozilla/5.0"]
 # An open position's next event, when it is not its last: (what, weight).
-AMENDMENTS = [
-    ("mark", 30),
-    ("stop", 20),
-    ("notes", 12),
-    ("target", 6),
-    ("strategy", 4),
-    ("increase", 8),
-    ("reduce", 10),
-]
+AMENDMENTS = dict(mark=30, stop=20, notes=12, target=6, strategy=4, increase=8, reduce=10)
 CENT = Decimal("0.01")
 MILLI = Decimal("0.001")
 
@@ -251,8 +183,8 @@ class LogGenerator:
             "client_ip": "10.0.0.7",
             "user_agent": "price-feed/1.8",
         }
-        self.amendments = [name for name, _ in AMENDMENTS]
-        self.amendment_weights = list(accumulate(w for _, w in AMENDMENTS))
+        self.amendments = list(AMENDMENTS)
+        self.amendment_weights = list(accumulate(AMENDMENTS.values()))
         self.live: dict[UUID, Live] = {}
         self.slots: list[UUID] = []
         self.tally = Tally()
@@ -487,34 +419,8 @@ async def generate(store: EventStore, generator: LogGenerator) -> float:
 
 
 @dataclass
-class Sample(EventsSample):
+class Replayed(harness.Sample):
     seq_scans: int | None = None  # of the positions table the projector wrote
-
-
-class Meter:
-    def __init__(self, admin: asyncpg.Connection, database: str) -> None:
-        self._admin = admin
-        self._database = database
-        self.cores = os.cpu_count() or 1
-
-    async def measure(self, run: Callable[[], Awaitable[int]]) -> Sample:
-        try:
-            await self._admin.execute("CHECKPOINT")  # each phase starts from a clean state
-        except asyncpg.PostgresError:
-            pass
-        backends = await backend_pids(self._admin, self._database)
-        server0 = process_seconds(backends)
-        busy0, total0 = machine_ticks()
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        events = await run()
-        wall1, cpu1 = time.perf_counter(), time.process_time()
-        busy1, total1 = machine_ticks()
-        # Backends that were started during the phase are not counted: the pool is fixed-size.
-        server1 = process_seconds(backends)
-        seconds = wall1 - wall0
-        machine = (busy1 - busy0) / (total1 - total0) * self.cores if total1 > total0 else 0.0
-        server = None if server0 is None or server1 is None else (server1 - server0) / seconds
-        return Sample(events, seconds, (cpu1 - cpu0) / seconds, server, machine)
 
 
 async def raw_read(connection: asyncpg.Connection) -> int:
@@ -554,6 +460,111 @@ async def drop_scratch(pool: asyncpg.Pool, schema: str) -> None:
         await reset_checkpoint(connection, f"rebuild:{schema}")
 
 
+class Phases:
+    """The measured phases over one log, and what went wrong in them."""
+
+    def __init__(self, args: argparse.Namespace, admin: asyncpg.Connection, dsn: str) -> None:
+        self.args, self.admin, self.dsn = args, admin, dsn
+        self.meter = harness.CpuMeter()
+        self.errors: list[str] = []
+        self.log_size = 0
+
+    async def open(self, log_size: int) -> None:
+        self.log_size = log_size
+        self.pool, self.store = await self._pool()
+        self.raw = await asyncpg.connect(self.dsn)
+        await init_connection(self.raw)  # the store's jsonb codec: msgspec, exact decimals
+
+    async def close(self) -> None:
+        await self.raw.close()
+        await self.store.close()
+        await self.pool.close()
+
+    async def _pool(self) -> tuple[asyncpg.Pool, EventStore]:
+        pool = await create_pool(self.dsn, min_size=POOL_SIZE, max_size=POOL_SIZE)
+        return pool, EventStore(pool)
+
+    async def measure(self, name: str, run: Callable[[], Awaitable[int]]) -> Replayed:
+        """From a CHECKPOINT, so that each phase starts from the same clean state; the CPU of
+        the backends there at the start (the pools are fixed-size). Checks it saw every event."""
+        await harness.checkpoint(self.admin)
+        backends = await harness.backend_pids(self.admin, self.args.database)
+        sample = await self.meter.measure(run, Replayed, server=backends)
+        if sample.handled != self.log_size:
+            self.errors.append(f"{name} saw {sample.handled:,} events, not {self.log_size:,}")
+        return sample
+
+    async def projector(self, name: str, schema: str) -> Replayed:
+        """A replay or a rebuild as `python -m api rebuild` runs one: on a pool of its own
+        (with --reuse-pool, on the one pool of the whole run instead)."""
+        pool, store = (self.pool, self.store) if self.args.reuse_pool else await self._pool()
+
+        async def run() -> int:
+            if name == "replay":
+                return await rebuild_into(pool, store, SCRATCH)
+            return await rebuild(pool, store)
+
+        try:
+            sample = await self.measure(name, run)
+        finally:
+            if not self.args.reuse_pool:
+                await store.close()
+                await pool.close()
+        await asyncio.sleep(1.0)  # the backends' statistics are flushed every second
+        sample.seq_scans = await seq_scans(self.pool, schema)
+        return sample
+
+    async def phase(self, key: str, round_index: int) -> Replayed:
+        if key == "raw":
+            return await self.measure(key, lambda: raw_read(self.raw))
+        if key == "read":
+            return await self.measure(key, lambda: store_read(self.store))
+        sample = await self.projector("replay", SCRATCH)
+        if round_index < self.args.rounds - 1:
+            await drop_scratch(self.pool, SCRATCH)
+        return sample
+
+    async def run(self) -> dict[str, list[Replayed]]:
+        # The live read model, once, unmeasured: the measured rebuilds then replace real tables.
+        print("\nBuilding the live read model once (rebuild, not measured)...", flush=True)
+        first = await self.projector("rebuild", "public")
+        print(f"  {first.handled:,} events in {first.seconds:.1f} s, {first.seq_scans} seq scans")
+        # Warm-up of the readers (statements prepared, pages cached).
+        await raw_read(self.raw)
+        await store_read(self.store)
+
+        keys = ["raw", "read", "replay"]
+
+        async def show(r: int, samples: dict[str, list[Replayed]]) -> None:
+            print(
+                harness.round_line(f"{r + 1}", (samples[k][-1] for k in keys), 12)
+                + f"  ({samples['replay'][-1].seq_scans} seq scans in the replay)",
+                flush=True,
+            )
+
+        print(f"\n{'round':<7}" + "".join(f"{key:>12} " for key in keys) + "  (events/s)")
+        samples = await harness.alternate(self.args.rounds, keys, self.phase, show)
+        # The last replay's tables must equal the live ones, which a rebuild made.
+        different = await differing_rows(self.pool, SCRATCH)
+        await drop_scratch(self.pool, SCRATCH)
+        for table, rows in different.items():
+            if rows:
+                self.errors.append(
+                    f"replay and live {table} differ in {len(rows)} rows, e.g. {rows[:3]}"
+                )
+        samples["rebuild"] = []
+        for r in range(self.args.rounds):
+            sample = await self.projector("rebuild", "public")
+            samples["rebuild"].append(sample)
+            print(
+                f"rebuild {r + 1}: {sample.seconds:.1f} s ({sample.rate:,.0f} events/s, "
+                f"{sample.seq_scans} seq scans of positions){sample.mark()}",
+                flush=True,
+            )
+        print(harness.DISTURBED_NOTE)
+        return samples
+
+
 # -- profile (optional) ----------------------------------------------------------------------
 
 PROFILE_RATE = 200
@@ -578,82 +589,46 @@ PROFILE_PLACES = [
 ]
 _PASS_THROUGH = ("asyncio/", "uvloop/", "bench/replay.py", "<frozen runpy>", "runpy.py")
 _IN_LOOP = "C code called from the event loop (uvloop I/O, asyncpg protocol: rows, codecs)"
-
-
-def _place(frames: list[str]) -> str:
-    for depth, where in enumerate(reversed(frames)):
-        if any(p in where for p in _PASS_THROUGH):
-            continue
-        for label, patterns in PROFILE_PLACES:
-            if any(p in where for p in patterns):
-                if label.startswith("other") and depth:
-                    break
-                return label
-    return _IN_LOOP
+_OWN_CODE = ("projections/", "domain/", "eventstore/")
 
 
 def summarize_profile(path: Path, events: int, seconds: float, top: int = 12) -> None:
     if not path.exists() or not path.stat().st_size:
         print("\nprofile: py-spy wrote nothing")
         return
-    places: Counter[str] = Counter()
-    leaves: Counter[str] = Counter()
-    lines: Counter[str] = Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not stack:
-            continue
-        frames = stack.split(";")
-        wheres = [f.partition(" (")[2].rstrip(")") for f in frames]
-        count = int(n)
-        total += count
-        places[_place([w.rsplit(":", 1)[0] for w in wheres])] += count
-        leaves[frames[-1]] += count
-        # The innermost frame of the project's own code: which of its lines costs the most.
-        for frame in reversed(frames):
-            if any(p in frame for p in ("projections/", "domain/", "eventstore/")):
-                lines[frame] += count
-                break
-    if not total:
+    found = harness.Profile.read(path).tally(PROFILE_PLACES, _PASS_THROUGH, _IN_LOOP)
+    if not found.total:
         print("\nprofile: no samples")
         return
-    busy = total / PROFILE_RATE
+    # The innermost frame of the project's own code: which of its lines costs the most.
+    lines: Counter[str] = Counter()
+    for frames, n in found.stacks:
+        own = [frame for frame in frames if any(p in frame for p in _OWN_CODE)]
+        if own:
+            lines[own[-1]] += n
+    total, busy = found.total, found.total / PROFILE_RATE
     print(
         f"\nWhere this process spends a replay ({events:,} events in {seconds:.1f} s): py-spy "
         f"record --nonblocking, {PROFILE_RATE}/s, {total:,} samples = {busy:.1f} s "
         f"= {busy / events * 1e6:.1f} us/event of this process's time"
     )
-    for label, n in places.most_common():
-        print(f"  {n / total:6.1%}  {n / PROFILE_RATE / events * 1e6:5.1f} us/ev  {label}")
+    found.print_shares(
+        found.places, cost=lambda n: f"{n / PROFILE_RATE / events * 1e6:5.1f} us/ev  "
+    )
     print("  innermost frames (self time):")
-    for key, n in leaves.most_common(top):
-        print(f"  {n / total:6.1%}  {key}")
+    found.print_shares(found.leaves, top)
     print("  innermost lines of projections/, domain/, eventstore/ (inclusive time):")
-    for key, n in lines.most_common(top):
-        print(f"  {n / total:6.1%}  {key}")
+    found.print_shares(lines, top)
 
 
 async def profile_replay(args: argparse.Namespace, dsn: str, logs: Path) -> None:
-    spy = args.py_spy or shutil.which("py-spy")
+    spy = harness.find_py_spy(args.py_spy)
     if spy is None:
-        print("\n--profile: py-spy is not on the PATH (pip install py-spy, or --py-spy PATH)")
         return
     out = logs / "profile-replay.txt"
+    options = f"--pid {os.getpid()} --rate {PROFILE_RATE} --nonblocking --format raw --output"
     process = subprocess.Popen(
-        [
-            spy,
-            "record",
-            "--pid",
-            str(os.getpid()),
-            "--rate",
-            str(PROFILE_RATE),
-            "--nonblocking",
-            "--format",
-            "raw",
-            "--output",
-            str(out),
-        ],
+        [spy, "record", *options.split(), str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -663,7 +638,7 @@ async def profile_replay(args: argparse.Namespace, dsn: str, logs: Path) -> None
     started = time.perf_counter()
     events = await rebuild_into(pool, store, "bench_profile")
     seconds = time.perf_counter() - started
-    process.send_signal(2)  # SIGINT: py-spy writes its output and exits
+    process.send_signal(signal.SIGINT)  # py-spy writes its output and exits
     _, err = process.communicate(timeout=60)
     await drop_scratch(pool, "bench_profile")
     await store.close()
@@ -677,47 +652,12 @@ async def profile_replay(args: argparse.Namespace, dsn: str, logs: Path) -> None
 
 # -- the run ---------------------------------------------------------------------------------
 
-PHASES = {
-    "raw": f"raw keyset SELECT + JSON decode, batch {BATCH}",
-    "read": f"store.read_all, batch {BATCH} (information)",
-    "replay": "replay: rebuild_into (fold in memory, COPY)",
-    "rebuild": "rebuild: rebuild_into + swap, end to end",
-}
 
-
-async def main(args: argparse.Namespace) -> int:
-    admin_dsn = os.environ.get("BENCH_DATABASE_URL", DEFAULT_ADMIN_DSN)
-    dsn = database_dsn(admin_dsn, args.database)
-    started = time.perf_counter()
+async def write_log(args: argparse.Namespace, dsn: str) -> tuple[LogGenerator, Tally, int]:
+    """The log, not measured: generated, appended, VACUUM (ANALYZE)d; (generator, tally, size)."""
     positions = args.positions or max(1, args.events // 10)
     owners = args.owners or max(1, positions // 100)
     active = args.active or max(1, positions // 10)
-
-    load = load_average()
-    admin = await asyncpg.connect(admin_dsn)
-    await recreate_database(admin, args.database)
-    setup = await asyncpg.connect(dsn)
-    await migrate(setup, ROOT / "migrations")
-    server = await setup.fetchrow(
-        "SELECT current_setting('server_version') AS version, "
-        "current_setting('synchronous_commit') AS sync, current_setting('fsync') AS fsync, "
-        "current_setting('shared_buffers') AS shared_buffers, "
-        "current_setting('max_wal_size') AS max_wal_size, "
-        "current_setting('autovacuum') AS autovacuum"
-    )
-    await setup.close()
-    print(
-        f"Replay benchmark: {os.cpu_count()} cores, Python {platform.python_version()} "
-        f"({args.loop}), "
-        f"asyncpg {asyncpg.__version__}, PostgreSQL {server['version'].split()[0]} "
-        f"(fsync={server['fsync']}, synchronous_commit={server['sync']}, "
-        f"shared_buffers={server['shared_buffers']}, max_wal_size={server['max_wal_size']}, "
-        f"autovacuum={server['autovacuum']})"
-    )
-    if load:
-        print(f"Load average at the start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-
-    # -- the log (not measured) -------------------------------------------------------------
     generator = LogGenerator(
         args.events, positions, owners, args.symbols, active, args.market_every
     )
@@ -751,254 +691,139 @@ async def main(args: argparse.Namespace) -> int:
         f"({tally.deleted:,} deleted), {generator.refused:,} commands refused (a mark instead)"
     )
     print("Event types: " + ", ".join(f"{name} {n:,}" for name, n in generator.types.most_common()))
-    if log_size != args.events:
-        print(f"ERROR: the log holds {log_size:,} events, not {args.events:,}")
-        return 2
+    return generator, tally, log_size
 
-    # -- the measurements -------------------------------------------------------------------
-    pool = await create_pool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE)
-    store = EventStore(pool)
-    raw = await asyncpg.connect(dsn)
-    await init_connection(raw)  # the store's jsonb codec: msgspec, exact decimals
-    meter = Meter(admin, args.database)
-    errors: list[str] = []
 
-    def check(phase: str, sample: Sample) -> Sample:
-        if sample.events != log_size:
-            errors.append(f"{phase} saw {sample.events:,} events, not {log_size:,}")
-        return sample
-
-    async def projector_phase(
-        run: Callable[[asyncpg.Pool, EventStore], Awaitable[int]], schema: str
-    ) -> Sample:
-        """A replay or a rebuild as `python -m api rebuild` runs one: on a pool of its own
-        (with --reuse-pool, on the one pool of the whole run instead)."""
-        if args.reuse_pool:
-            phase_pool, phase_store = pool, store
-        else:
-            phase_pool = await create_pool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE)
-            phase_store = EventStore(phase_pool)
+async def main(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    load = harness.load_average()
+    async with harness.scratch_database(args.database, args.keep) as (admin, dsn):
+        setup = await harness.migrated(dsn)
+        settings = ("fsync", "synchronous_commit", "shared_buffers", "max_wal_size", "autovacuum")
+        pg = await harness.postgres(setup, *settings)
+        await setup.close()
+        print(
+            f"Replay benchmark: {harness.CORES} cores, Python {platform.python_version()} "
+            f"({args.loop}), asyncpg {asyncpg.__version__}, {pg}"
+        )
+        if load:
+            print(f"Load average at the start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+        _, tally, log_size = await write_log(args, dsn)
+        if log_size != args.events:
+            print(f"ERROR: the log holds {log_size:,} events, not {args.events:,}")
+            return 2
+        phases = Phases(args, admin, dsn)
+        await phases.open(log_size)
         try:
-            sample = await meter.measure(lambda: run(phase_pool, phase_store))
+            samples = await phases.run()
+            # What the generator folded must be what the rebuilt live read model holds.
+            found = [tuple(row) for row in await phases.pool.fetch(EXPECTED_SQL)]
+            if found != tally.rows():
+                phases.errors.append(
+                    f"the read model holds {found}, the generator folded {tally.rows()}"
+                )
+            market_rows = await phases.pool.fetchval("SELECT count(*) FROM market_prices")
+            if args.profile:
+                with tempfile.TemporaryDirectory(prefix="bench-replay-") as scratch:
+                    logs = Path(args.profile_dir or scratch)
+                    logs.mkdir(parents=True, exist_ok=True)
+                    await profile_replay(args, dsn, logs)
         finally:
-            if not args.reuse_pool:
-                await phase_store.close()
-                await phase_pool.close()
-        await asyncio.sleep(1.0)  # the backends' statistics are flushed every second
-        sample.seq_scans = await seq_scans(pool, schema)
-        return sample
+            await phases.close()
+    missed = report(args, samples, log_size)
+    print(
+        "\nRead model after the rebuilds: "
+        + ", ".join(f"{status} {n:,}" for status, n, _, _ in found)
+        + f" positions, {market_rows} market prices."
+    )
+    load = harness.load_average()
+    print(
+        f"Run time {time.perf_counter() - started:.0f} s"
+        + (f"; load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}" if load else "")
+        + "."
+    )
+    for error in phases.errors:
+        print(f"ERROR: {error}")
+    missed.report()
+    if phases.errors:
+        return 2
+    return 1 if missed.missed and args.strict else 0
 
-    def replay(phase_pool: asyncpg.Pool, phase_store: EventStore) -> Awaitable[int]:
-        return rebuild_into(phase_pool, phase_store, "bench_replay")
 
-    def rebuild_live(phase_pool: asyncpg.Pool, phase_store: EventStore) -> Awaitable[int]:
-        return rebuild(phase_pool, phase_store)
+def report(
+    args: argparse.Namespace, samples: dict[str, list[Replayed]], log_size: int
+) -> harness.Verdicts:
+    def med(key: str, figure: Callable[[Replayed], float | None]) -> float | None:
+        return harness.median(figure(s) for s in samples[key])
 
-    # The live read model, once, unmeasured: the measured rebuilds then replace real tables.
-    print("\nBuilding the live read model once (rebuild, not measured)...", flush=True)
-    first = await projector_phase(rebuild_live, "public")
-    print(f"  {first.events:,} events in {first.seconds:.1f} s, {first.seq_scans} seq scans")
-    # Warm-up of the readers (statements prepared, pages cached).
-    await raw_read(raw)
-    await store_read(store)
-
-    samples: dict[str, list[Sample]] = {key: [] for key in PHASES}
-    runs: dict[str, Callable[[], Awaitable[Sample]]] = {
-        "raw": lambda: meter.measure(lambda: raw_read(raw)),
-        "read": lambda: meter.measure(lambda: store_read(store)),
-        "replay": lambda: projector_phase(replay, "bench_replay"),
-    }
-    print(f"\n{'round':<7}" + "".join(f"{key:>12} " for key in runs) + "  (events/s)", flush=True)
-    for r in range(args.rounds):
-        order = list(runs) if r % 2 == 0 else list(runs)[::-1]
-        for key in order:
-            samples[key].append(check(key, await runs[key]()))
-            if key == "replay" and r < args.rounds - 1:
-                await drop_scratch(pool, "bench_replay")
-        print(
-            f"{r + 1:<7}"
-            + "".join(f"{samples[k][-1].rate:>12,.0f}{samples[k][-1].mark()}" for k in runs)
-            + f"  ({samples['replay'][-1].seq_scans} seq scans in the replay)",
-            flush=True,
-        )
-
-    # The last replay's tables must equal the live ones, which a rebuild made.
-    different = await differing_rows(pool, "bench_replay")
-    await drop_scratch(pool, "bench_replay")
-    for table, keys in different.items():
-        if keys:
-            errors.append(f"replay and live {table} differ in {len(keys)} rows, e.g. {keys[:3]}")
-
-    for r in range(args.rounds):
-        sample = check("rebuild", await projector_phase(rebuild_live, "public"))
-        samples["rebuild"].append(sample)
-        print(
-            f"rebuild {r + 1}: {sample.seconds:.1f} s ({sample.rate:,.0f} events/s, "
-            f"{sample.seq_scans} seq scans of positions){sample.mark()}",
-            flush=True,
-        )
-    print(f"(* = other processes used more than {DISTURBED} cores during that phase)")
-
-    # What the generator folded must be what the rebuilt live read model holds.
-    found = [
-        (row["status"], row["positions"], row["versions"], row["pnl"])
-        for row in await pool.fetch(EXPECTED_SQL)
-    ]
-    if found != tally.rows():
-        errors.append(f"the read model holds {found}, the generator folded {tally.rows()}")
-    market_rows = await pool.fetchval("SELECT count(*) FROM market_prices")
-
-    if args.profile:
-        with tempfile.TemporaryDirectory(prefix="bench-replay-") as scratch:
-            logs = Path(args.profile_dir or scratch)
-            logs.mkdir(parents=True, exist_ok=True)
-            await profile_replay(args, dsn, logs)
-
-    # -- report -----------------------------------------------------------------------------
-    rows = []
-    for key, label in PHASES.items():
-        phase = samples[key]
-        if not phase:
-            continue
-        rates = [s.rate for s in phase]
-        rows.append(
-            [
-                label,
-                f"{median([s.seconds for s in phase]):.1f}",
-                f"{statistics.median(rates):,.0f}",
-                f"{min(rates):,.0f}",
-                f"{max(rates):,.0f}",
-                num(median([s.us_per(s.client_cpu) for s in phase]), ".1f"),
-                num(median([s.us_per(s.server_cpu) for s in phase]), ".1f"),
-                num(median([s.other_cpu for s in phase]), ".2f"),
-                num(median([s.seq_scans for s in phase]), ",.0f"),
-            ]
-        )
-    print_table(
+    harness.print_columns(
         f"Medians of {args.rounds} round(s) over {log_size:,} events. CPU per event in "
         f"microseconds: client = this Python process, server = the backends of {args.database}; "
         f"\nother = cores busy with anything else (WAL writer, checkpointer, autovacuum, other "
         f"processes); seq scans = sequential scans of the positions table written, against "
         f"{-(-log_size // BATCH):,} batches",
         [
-            "phase",
-            "seconds",
-            "events/s",
-            "min",
-            "max",
-            "client us/ev",
-            "server us/ev",
-            "other",
-            "seq scans",
+            ("phase", lambda k: PHASES[k]),
+            ("seconds", lambda k: f"{med(k, lambda s: s.seconds):.1f}"),
+            *harness.rate_columns("events/s", lambda k: samples[k]),
+            ("client us/ev", lambda k: harness.num(med(k, lambda s: s.us_per(s.cores.own)), ".1f")),
+            (
+                "server us/ev",
+                lambda k: harness.num(med(k, lambda s: s.us_per(s.cores["server"])), ".1f"),
+            ),
+            ("other", lambda k: harness.num(med(k, lambda s: s.cores.other), ".2f")),
+            ("seq scans", lambda k: harness.num(med(k, lambda s: s.seq_scans), ",.0f")),
         ],
-        rows,
+        [key for key in PHASES if samples[key]],
     )
-
-    def ratio(top: str, bottom: str) -> tuple[float, float, float]:
-        paired = [t.rate / b.rate for t, b in zip(samples[top], samples[bottom], strict=True)]
-        value = statistics.median(s.rate for s in samples[top]) / statistics.median(
-            s.rate for s in samples[bottom]
-        )
-        return value, min(paired), max(paired)
-
-    missed = []
-    replay_ratio = ratio("replay", "raw")
-    read_ratio = ratio("read", "raw")
+    verdicts, raw = harness.Verdicts(), samples["raw"]
+    replay = harness.ratio_row(
+        "replay / raw read", samples["replay"], raw, REPLAY_TARGET, verdicts, "replay/raw"
+    )
     rebuild_seconds = [s.seconds for s in samples["rebuild"]]
     rebuild_target = REBUILD_SECONDS * log_size / 1_000_000
     rebuild_median = statistics.median(rebuild_seconds)
-    if replay_ratio[0] < REPLAY_TARGET:
-        missed.append("replay/raw")
-    if rebuild_median >= rebuild_target:
-        missed.append("rebuild time")
-    print_table(
+    rebuild_row = [
+        f"rebuild of {log_size:,} events, seconds",
+        f"{rebuild_median:.1f}",
+        f"{min(rebuild_seconds):.1f}-{max(rebuild_seconds):.1f}",
+        f"< {rebuild_target:.0f}",
+        verdicts(rebuild_median < rebuild_target, "rebuild time"),
+    ]
+    harness.print_table(
         "Against the targets (range: within each round)",
         ["figure", "value", "range", "target", "verdict"],
         [
-            [
-                "replay / raw read",
-                f"{replay_ratio[0]:.2f}",
-                f"{replay_ratio[1]:.2f}-{replay_ratio[2]:.2f}",
-                f">= {REPLAY_TARGET:.2f}",
-                "met" if "replay/raw" not in missed else "MISSED",
-            ],
-            [
-                f"rebuild of {log_size:,} events, seconds",
-                f"{rebuild_median:.1f}",
-                f"{min(rebuild_seconds):.1f}-{max(rebuild_seconds):.1f}",
-                f"< {rebuild_target:.0f}",
-                "met" if "rebuild time" not in missed else "MISSED",
-            ],
-            [
-                "store.read_all / raw read",
-                f"{read_ratio[0]:.2f}",
-                f"{read_ratio[1]:.2f}-{read_ratio[2]:.2f}",
-                "-",
-                "info",
-            ],
+            replay,
+            rebuild_row,
+            harness.ratio_row("store.read_all / raw read", samples["read"], raw, None, verdicts),
         ],
     )
-    print(
-        "\nRead model after the rebuilds: "
-        + ", ".join(f"{status} {n:,}" for status, n, _, _ in found)
-        + f" positions, {market_rows} market prices."
-    )
-    load = load_average()
-    print(
-        f"Run time {time.perf_counter() - started:.0f} s"
-        + (f"; load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}" if load else "")
-        + "."
-    )
-    for error in errors:
-        print(f"ERROR: {error}")
-    if missed:
-        print(f"TARGET MISSED: {', '.join(missed)}.")
+    return verdicts
 
-    await raw.close()
-    await store.close()
-    await pool.close()
-    if not args.keep:
-        await drop_database(admin, args.database)
-    await admin.close()
-    if errors:
-        return 2
-    return 1 if missed and args.strict else 0
+
+OPTIONS = """
+--events        1_000_000       events in the log (1,000,000)
+--positions     int             positions (default events/10)
+--owners        int             owners (default positions/100)
+--symbols       200             symbols (default 200)
+--active        int             positions alive at once (default positions/10)
+--market-every  200             a market price update every N events (200)
+--rounds        3               rounds of every phase (default 3)
+--database      bench_replay    database to (re)create
+--keep          switch          keep the database afterwards
+--loop          uvloop|asyncio  event loop (uvloop)
+--strict        switch          exit 1 when a target is missed
+--reuse-pool    switch          replay and rebuild on the run's one pool, not a fresh pool each
+                                (see BENCHMARKS.md)
+--profile       switch          afterwards, one more replay under py-spy
+--py-spy        str             the py-spy executable (default: PATH)
+--profile-dir   str             keep the raw profile in this folder
+"""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.replay", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument(
-        "--events", type=int, default=1_000_000, help="events in the log (1,000,000)"
-    )
-    parser.add_argument("--positions", type=int, default=None, help="positions (default events/10)")
-    parser.add_argument("--owners", type=int, default=None, help="owners (default positions/100)")
-    parser.add_argument("--symbols", type=int, default=200, help="symbols (default 200)")
-    parser.add_argument(
-        "--active", type=int, default=None, help="positions alive at once (default positions/10)"
-    )
-    parser.add_argument(
-        "--market-every", type=int, default=200, help="a market price update every N events (200)"
-    )
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of every phase (default 3)")
-    parser.add_argument("--database", default="bench_replay", help="database to (re)create")
-    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
-    parser.add_argument(
-        "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="event loop (uvloop)"
-    )
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-    parser.add_argument(
-        "--reuse-pool",
-        action="store_true",
-        help="replay and rebuild on the run's one pool, not a fresh pool each (see BENCHMARKS.md)",
-    )
-    parser.add_argument(
-        "--profile", action="store_true", help="afterwards, one more replay under py-spy"
-    )
-    parser.add_argument("--py-spy", default=None, help="the py-spy executable (default: PATH)")
-    parser.add_argument("--profile-dir", default=None, help="keep the raw profile in this folder")
-    args = parser.parse_args(argv)
+    args, parser = harness.parse_options("python -m bench.replay", __doc__, OPTIONS, argv)
     if args.events < 1 or args.rounds < 1:
         parser.error("--events and --rounds must be at least 1")
     return args
@@ -1006,14 +831,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.loop == "uvloop":
-        try:
-            import uvloop
-        except ImportError:
-            args.loop = "asyncio"
-        else:
-            return uvloop.run(main(args))
-    return asyncio.run(main(args))
+    return harness.run_main(main, args)
 
 
 if __name__ == "__main__":

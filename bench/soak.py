@@ -1,59 +1,12 @@
 """Soak: one service process under mixed HTTP load and 1,000 live sockets for 10 minutes.
 
-Run from the project root with the virtualenv active (about 12 minutes with the defaults; a smoke
-run, `--minutes 1 --warmup-minutes 0.5`, about 2 minutes):
+Errors, latency per minute and kind, memory and descriptors over time, every price update on
+every socket, and the read models verified afterwards; setup, load and targets: BENCHMARKS.md,
+"Soak" (results: RELIABILITY.md).
 
     python -m bench.soak [--minutes 10] [--warmup-minutes 1] [--rate 200] [--price-rate 2]
                          [--http-users 50] [--ws-users 100] [--sockets-per-user 10]
                          [--ws-clients 2] [--http-clients 1] [--markdown FILE] [--keep]
-
-It drops and creates its own database (`bench_soak`, on the server of BENCH_DATABASE_URL, default
-postgresql://postgres@127.0.0.1:5432/postgres, used as the admin connection only) and starts ONE
-service process, `python -m api serve` in development mode (one uvicorn worker): DATABASE_URL,
-JWT_SECRET, PORT, LOG_LEVEL=WARNING, DB_POOL_SIZE=10, DB_MAX_OVERFLOW=10, REDIS_URL (default
-redis://127.0.0.1:6379/0, BENCH_REDIS_URL) with a REDIS_KEY_PREFIX of its own, rate limiting off
-(the default). Its output goes to a file, never a pipe. The service applies the migrations.
-
-Load, from processes of their own (multiprocessing, spawn):
-
-  http clients  `--http-clients` processes sharing `--rate` requests per second, OPEN loop (each
-                request is sent at its time whatever the earlier ones did; up to 64 keep-alive
-                connections per process). Every request acts as one of `--http-users` users (its
-                own token) on that user's own book, which the process tracks from the answers:
-                  30 %  GET /positions/{id}            (a position of the user, open or not)
-                  10 %  GET /positions?limit=100
-                  10 %  GET /portfolio/summary
-                  15 %  POST /positions                (long or short, stop loss and target)
-                  15 %  PUT /positions/{id}            notes, stop_loss or both, If-Match: the
-                                                       version the last answer gave
-                   8 %  POST /positions/{id}/close?exit_price=&quantity=  (part of what is open)
-                  11 %  POST /positions/{id}/close?exit_price=            (all of it)
-                and `--price-rate` per second POST /positions/update-prices (a service token) of 5
-                of 10 symbols, counted in `--rate`. A command never targets a position that has
-                another command in flight, so a refusal (409 closed, 412 stale) is not expected;
-                409 is still classed as a domain refusal, not an error. An error is a 5xx, any
-                other 4xx, or a transport failure (refused, reset, no answer within 30 s).
-  ws clients    `--ws-clients` processes holding `--ws-users` x `--sockets-per-user` sockets to
-                `WS /ws/positions` (the first `--http-users` users are the ones making the
-                changes, so their sockets get their own events; every socket gets every price
-                update). A minimal client (bench/clients.py: handshake, frames in, pongs out)
-                reads every message for the whole run; a socket the server closes (or that is
-                lost) is counted and reconnected after 1 s with `after=<last position>`.
-
-Each HTTP latency is from when the request was due (its slot in the schedule) to when its answer
-had been read in full: it includes waiting for a client connection, so a stalled server shows.
-"lag" is the worst delay of a request's start behind its slot (the client's own lateness).
-
-The run: seed (10 positions per HTTP user, one price update), open the sockets, then the load for
-`--minutes`. Every 10 s this process samples the server: VmRSS and VmHWM and threads
-(/proc/<pid>/status), open file descriptors (/proc/<pid>/fd), CPU of the server, of the
-database's backends, of the clients, and of the whole machine. Memory "start" is the sample after
-`--warmup-minutes`, "end" the last one under load; the target is growth < 10 %. After the load:
-the sockets are checked (every price update of the run exactly once on every socket), the
-`/metrics` gauges read (live connections, pool), `python -m api verify` run (read models agree
-with the log), and the server's log scanned for warnings and errors. Everything is stopped, the
-database dropped and the Redis keys deleted at the end, failures included (`--keep` keeps the
-database and the logs).
 """
 
 from __future__ import annotations
@@ -61,12 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import os
 import platform
-import queue as queue_module
 import random
-import resource
 import secrets
 import shutil
 import subprocess
@@ -75,6 +25,7 @@ import tempfile
 import time
 from array import array
 from collections import Counter, defaultdict
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -83,54 +34,28 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from bench import harness
 from bench.clients import HttpConnection, HttpPool, RawSocket
-from bench.common import (
-    database_dsn,
-    drop_database,
-    load_average,
-    machine_ticks,
-    open_fd_count,
-    percentile,
-    print_table,
-    process_cpu,
-    process_memory_kib,
-)
 
-ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 SERVICE = "bench-soak-prices"
 SYMBOLS = {
-    "AAPL": 190.0,
-    "MSFT": 410.0,
-    "GOOG": 170.0,
-    "AMZN": 180.0,
-    "NVDA": 120.0,
-    "META": 500.0,
-    "TSLA": 250.0,
-    "JPM": 200.0,
-    "XOM": 115.0,
-    "KO": 62.0,
+    **{"AAPL": 190.0, "MSFT": 410.0, "GOOG": 170.0, "AMZN": 180.0, "NVDA": 120.0},
+    **{"META": 500.0, "TSLA": 250.0, "JPM": 200.0, "XOM": 115.0, "KO": 62.0},
 }
-MIX = {  # percent of the user requests
-    "get": 30,
-    "list": 10,
-    "summary": 10,
-    "create": 15,
-    "update": 15,
-    "close_part": 8,
-    "close_full": 11,
+MIX = {  # percent of the user requests: (weight, label)
+    "get": (30, "GET /positions/{id}"),
+    "list": (10, "GET /positions?limit=100"),
+    "summary": (10, "GET /portfolio/summary"),
+    "create": (15, "POST /positions"),
+    "update": (15, "PUT /positions/{id}"),
+    "close_part": (8, "POST .../close (part)"),
+    "close_full": (11, "POST .../close (all)"),
 }
 KINDS = [*MIX, "prices"]
-LABELS = {
-    "get": "GET /positions/{id}",
-    "list": "GET /positions?limit=100",
-    "summary": "GET /portfolio/summary",
-    "create": "POST /positions",
-    "update": "PUT /positions/{id}",
-    "close_part": "POST .../close (part)",
-    "close_full": "POST .../close (all)",
-    "prices": "POST /positions/update-prices",
+LABELS = {kind: label for kind, (_, label) in MIX.items()} | {
+    "prices": "POST /positions/update-prices"
 }
 SEED_PER_USER = 10
 HTTP_CONNECTIONS = 64  # keep-alive connections per HTTP client process
@@ -139,28 +64,24 @@ SAMPLE_SECONDS = 10.0
 GROWTH_TARGET_PCT = 10.0
 OPEN_CONCURRENCY = 32
 RECONNECT_SECONDS = 1.0
+REPORT_DELAY = 3.0  # a minute's figures go to the coordinator this long after it ends
 
 
 def _minute(when: float, t0: float) -> int:
     return int((when - t0) // 60)
 
 
-def _run_loop(coroutine_factory: Any) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    try:
-        import uvloop
-
-        uvloop.run(coroutine_factory())
-    except ImportError:
-        asyncio.run(coroutine_factory())
-    except KeyboardInterrupt:
-        pass
+def _minutes(seconds: float) -> int:
+    """The minutes of the run, the last one perhaps partial."""
+    return int(round(seconds / 60 + 0.4999))
 
 
-async def _get(commands: Any) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(None, commands.get)
+def _body(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _price(rng: random.Random, symbol: str, spread: float) -> float:
+    return round(SYMBOLS[symbol] * (1 + rng.uniform(-spread, spread)), 2)
 
 
 # -- the HTTP load (a process of its own) --------------------------------------------------------
@@ -214,30 +135,32 @@ class Bucket:
         self.lag = 0.0
 
     def errors(self) -> int:
+        """Answers other than 2xx and 409 (a domain refusal), and transport failures."""
         return sum(n for s, n in self.statuses.items() if s != 409) + sum(self.transport.values())
 
     def export(self) -> dict[str, Any]:
-        return {
-            "n": self.n,
-            "ok": self.ok,
-            "refused": self.refused,
-            "statuses": dict(self.statuses),
-            "transport": dict(self.transport),
-            "due": self.due.tobytes(),
-            "sent": self.sent.tobytes(),
-            "lag": self.lag,
-        }
+        figures = {name: getattr(self, name) for name in self.__slots__}
+        return figures | {"due": self.due.tobytes(), "sent": self.sent.tobytes()}
+
+    def merge(self, exported: dict[str, Any]) -> None:
+        """Add another process's bucket of the same minute and kind."""
+        self.n += exported["n"]
+        self.ok += exported["ok"]
+        self.refused += exported["refused"]
+        self.statuses.update({int(s): n for s, n in exported["statuses"].items()})
+        self.transport.update(exported["transport"])
+        self.due.frombytes(exported["due"])
+        self.sent.frombytes(exported["sent"])
+        self.lag = max(self.lag, exported["lag"])
 
 
-def _body(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
-
-
-def _price(rng: random.Random, symbol: str, spread: float) -> float:
-    return round(SYMBOLS[symbol] * (1 + rng.uniform(-spread, spread)), 2)
+Request = tuple[str, str, str, bytes, str, Held | None]
 
 
 class HttpLoad:
+    """One HTTP client process: its users' books, an open-loop schedule, a bucket per minute
+    and kind of request."""
+
     def __init__(self, index: int, config: dict[str, Any], out: Any) -> None:
         self.index, self.config, self.out = index, config, out
         self.rng = random.Random(config["seed"] * 1000 + index)
@@ -250,7 +173,6 @@ class HttpLoad:
         self.price_positions: list[int] = []
         self.t0 = 0.0
         self.notes = 0
-        self.in_flight = 0
 
     async def seed(self) -> int:
         async def seed_user(user: str) -> None:
@@ -283,16 +205,12 @@ class HttpLoad:
         )
         if status == 201:
             answer = json.loads(data)
-            book = self.books[user]
-            book.open[answer["id"]] = Held(
-                answer["id"], symbol, side, quantity, entry, answer["version"]
-            )
-            book.remember(answer["id"])
+            held = Held(answer["id"], symbol, side, quantity, entry, answer["version"])
+            self.books[user].open[held.id] = held
+            self.books[user].remember(held.id)
         return status, data, sent
 
-    def _request(
-        self, kind: str, user: str
-    ) -> tuple[str, str, str, bytes, str, Held | None] | None:
+    def _request(self, kind: str, user: str) -> Request | None:
         """kind (a part close of 1 becomes a full one), method, path, body, extra headers, and
         the position it commands (marked busy); None when the user has nothing to act on."""
         rng, book = self.rng, self.books[user]
@@ -300,10 +218,9 @@ class HttpLoad:
             if not book.known:
                 return None
             return kind, "GET", f"/positions/{rng.choice(book.known)}", b"", "", None
-        if kind == "list":
-            return kind, "GET", "/positions?limit=100", b"", "", None
-        if kind == "summary":
-            return kind, "GET", "/portfolio/summary", b"", "", None
+        if kind in ("list", "summary"):
+            path = "/positions?limit=100" if kind == "list" else "/portfolio/summary"
+            return kind, "GET", path, b"", "", None
         held = book.idle(rng)
         if held is None:
             return None
@@ -320,19 +237,12 @@ class HttpLoad:
             if choice >= 0.33:
                 factor = rng.uniform(0.85, 0.95) if held.side == "long" else rng.uniform(1.05, 1.15)
                 body["stop_loss"] = round(held.entry * factor, 2)
-            return (
-                kind,
-                "PUT",
-                f"/positions/{held.id}",
-                _body(body),
-                f'If-Match: "{held.version}"\r\n',
-                held,
-            )
+            if_match = f'If-Match: "{held.version}"\r\n'
+            return kind, "PUT", f"/positions/{held.id}", _body(body), if_match, held
+        path = f"/positions/{held.id}/close?exit_price={exit_price}"
         if kind == "close_part":
-            part = rng.randint(1, held.quantity - 1)
-            path = f"/positions/{held.id}/close?exit_price={exit_price}&quantity={part}"
-            return kind, "POST", path, b"", "", held
-        return kind, "POST", f"/positions/{held.id}/close?exit_price={exit_price}", b"", "", held
+            path += f"&quantity={rng.randint(1, held.quantity - 1)}"
+        return kind, "POST", path, b"", "", held
 
     def _settle(self, user: str, held: Held | None, status: int, data: bytes) -> None:
         """Bring the book in line with an answer."""
@@ -355,38 +265,48 @@ class HttpLoad:
             text = data.decode(errors="replace") if isinstance(data, bytes) else data
             self.samples.append(f"{kind} {status}: {text[:300]}")
 
-    async def one(self, kind: str, user: str, due: float) -> None:
-        bucket = self.buckets[(_minute(due, self.t0), kind)]
-        self.in_flight += 1
-        held: Held | None = None
+    def _prepare(self, kind: str, user: str) -> tuple[str, Awaitable[tuple[int, bytes, float]]]:
+        """The kind the request becomes (a create when the user has nothing to act on) and the
+        coroutine that sends it: (status, answer, when the request was written)."""
+        if kind == "prices":
+            return kind, self._prices()
+        request = None if kind == "create" else self._request(kind, user)
+        if request is None:
+            return "create", self._create(user)
+        kind, method, path, body, extra, held = request
+        return kind, self._command(user, held, method, path, body, extra)
+
+    async def _prices(self) -> tuple[int, bytes, float]:
+        symbols = self.rng.sample(list(SYMBOLS), 5)
+        body = _body({s: _price(self.rng, s, 0.05) for s in symbols})
+        status, data, sent, _ = await self.pool.request(
+            "POST", "/positions/update-prices", self.tokens[SERVICE], body
+        )
+        if status == 200:
+            self.price_positions.append(json.loads(data)["position"])
+        return status, data, sent
+
+    async def _command(
+        self, user: str, held: Held | None, *request: Any
+    ) -> tuple[int, bytes, float]:
+        method, path, body, extra = request
         try:
-            if kind == "create":
-                status, data, sent = await self._create(user)
-            elif kind == "prices":
-                symbols = self.rng.sample(list(SYMBOLS), 5)
-                body = _body({s: _price(self.rng, s, 0.05) for s in symbols})
-                status, data, sent, _ = await self.pool.request(
-                    "POST", "/positions/update-prices", self.tokens[SERVICE], body
-                )
-                if status == 200:
-                    self.price_positions.append(json.loads(data)["position"])
-            else:
-                request = self._request(kind, user)
-                if request is None:  # nothing to act on: open a position instead
-                    kind = "create"
-                    bucket = self.buckets[(_minute(due, self.t0), kind)]
-                    status, data, sent = await self._create(user)
-                else:
-                    kind, method, path, body, extra, held = request
-                    bucket = self.buckets[(_minute(due, self.t0), kind)]
-                    status, data, sent, _ = await self.pool.request(
-                        method, path, self.tokens[user], body, extra
-                    )
-                    self._settle(user, held, status, data)
-                    held = None
-        except Exception as error:  # noqa: BLE001 - counted, never lost
+            status, data, sent, _ = await self.pool.request(
+                method, path, self.tokens[user], body, extra
+            )
+        except BaseException:
             if held is not None:
                 held.busy = False
+            raise
+        self._settle(user, held, status, data)
+        return status, data, sent
+
+    async def one(self, kind: str, user: str, due: float) -> None:
+        kind, send = self._prepare(kind, user)
+        bucket = self.buckets[(_minute(due, self.t0), kind)]
+        try:
+            status, data, sent = await send
+        except Exception as error:  # noqa: BLE001 - counted, never lost
             bucket.n += 1
             name = "timeout" if isinstance(error, TimeoutError) else type(error).__name__
             if not isinstance(error, (OSError, asyncio.IncompleteReadError, TimeoutError)):
@@ -394,8 +314,6 @@ class HttpLoad:
             bucket.transport[name] += 1
             self._note(kind, None, repr(error))
             return
-        finally:
-            self.in_flight -= 1
         done = time.monotonic()
         bucket.n += 1
         bucket.due.append(done - due)
@@ -411,55 +329,45 @@ class HttpLoad:
                 self._note(kind, status, data)
 
     def progress(self, minute: int) -> dict[str, Any]:
-        n = errors = refused = 0
-        due: list[float] = []
-        for (m, _), bucket in self.buckets.items():
-            if m == minute:
-                n += bucket.n
-                errors += bucket.errors()
-                refused += bucket.refused
-                due.extend(bucket.due)
+        buckets = [b for (m, _), b in self.buckets.items() if m == minute]
+        due = [v for b in buckets for v in b.due]
         return {
-            "n": n,
-            "errors": errors,
-            "refused": refused,
-            "p99": percentile(due, 99) if due else None,
+            "n": sum(b.n for b in buckets),
+            "errors": sum(b.errors() for b in buckets),
+            "refused": sum(b.refused for b in buckets),
+            "p99": harness.percentile(due, 99) if due else None,
         }
+
+    def schedule(self, t0: float, seconds: float) -> list[tuple[float, str]]:
+        """When each request is due; "" for a user request, whose kind is drawn at its time."""
+        rate, price_rate = self.config["user_rate"], self.config["price_rate"]
+        slots = [(t0 + i / rate, "") for i in range(int(seconds * rate))] if rate > 0 else []
+        if price_rate > 0:
+            offset = 0.5 / price_rate
+            count = int(seconds * price_rate)
+            slots += [(t0 + offset + i / price_rate, "prices") for i in range(count)]
+        return sorted(slots)
 
     async def run(self, t0: float, seconds: float) -> None:
         self.t0 = t0
-        config, rng = self.config, self.rng
-        rate = config["user_rate"]
-        price_rate = config["price_rate"]
-        kinds, weights = list(MIX), list(MIX.values())
-        end = t0 + seconds
-        schedule: list[tuple[float, str]] = []
-        if rate > 0:
-            schedule += [(t0 + i / rate, "") for i in range(int(seconds * rate))]
-        if price_rate > 0:
-            offset = 0.5 / price_rate
-            schedule += [
-                (t0 + offset + i / price_rate, "prices") for i in range(int(seconds * price_rate))
-            ]
-        schedule.sort()
+        kinds, weights = list(MIX), [weight for weight, _ in MIX.values()]
         tasks: set[asyncio.Task[None]] = set()
         reported = 0
-        for due, special in schedule:
+        for due, special in self.schedule(t0, seconds):
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            kind = special or rng.choices(kinds, weights)[0]
-            user = rng.choice(self.users)
-            task = asyncio.create_task(self.one(kind, user, due))
+            kind = special or self.rng.choices(kinds, weights)[0]
+            task = asyncio.create_task(self.one(kind, self.rng.choice(self.users), due))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-            while due >= t0 + 60 * (reported + 1) + 3:  # a minute ended 3 s ago: report it
+            while due >= t0 + 60 * (reported + 1) + REPORT_DELAY:  # a minute ended: report it
                 self.out.put(("progress", "http", self.index, reported, self.progress(reported)))
                 reported += 1
-        await asyncio.sleep(max(0.0, end - time.monotonic()))
+        await asyncio.sleep(max(0.0, t0 + seconds - time.monotonic()))
         if tasks:
             await asyncio.wait(tasks, timeout=REQUEST_TIMEOUT + 5)
-        while reported < int(round(seconds / 60 + 0.4999)):
+        while reported < _minutes(seconds):
             self.out.put(("progress", "http", self.index, reported, self.progress(reported)))
             reported += 1
 
@@ -468,23 +376,19 @@ class HttpLoad:
             "buckets": {f"{m}|{k}": b.export() for (m, k), b in self.buckets.items()},
             "samples": self.samples,
             "price_positions": self.price_positions,
-            "open_positions": sum(len(b.open) for b in self.books.values()),
         }
 
 
 async def _http_process(index: int, config: dict[str, Any], commands: Any, out: Any) -> None:
     load = HttpLoad(index, config, out)
     try:
-        if config["seed_users"]:
-            out.put(("seeded", "http", index, await load.seed()))
-        else:
-            out.put(("seeded", "http", index, 0))
-        op, arg = await _get(commands)
+        out.put(("seeded", "http", index, await load.seed() if config["seed_users"] else 0))
+        op, arg = await harness.receive(commands)
         if op != "go":
             return
         await load.run(arg["t0"], arg["seconds"])
         out.put(("result", "http", index, load.result()))
-        await _get(commands)  # "exit"
+        await harness.receive(commands)  # "exit"
     except Exception as error:  # noqa: BLE001 - told to the coordinator, which ends the run
         out.put(("failed", "http", index, repr(error)))
     finally:
@@ -492,7 +396,7 @@ async def _http_process(index: int, config: dict[str, Any], commands: Any, out: 
 
 
 def http_main(index: int, config: dict[str, Any], commands: Any, out: Any) -> None:
-    _run_loop(lambda: _http_process(index, config, commands, out))
+    harness.child_loop(lambda: _http_process(index, config, commands, out))
 
 
 # -- the live sockets (processes of their own) ---------------------------------------------------
@@ -513,7 +417,6 @@ class Sockets:
         self.index, self.config, self.out = index, config, out
         self.t0: float | None = None
         self.messages: Counter[int] = Counter()  # minute -> messages
-        self.price_messages: Counter[int] = Counter()
         self.closes: list[tuple[int, int]] = []  # (minute, code) of unexpected closes
         self.reconnects = 0
         self.reconnect_failures: Counter[str] = Counter()
@@ -526,8 +429,7 @@ class Sockets:
 
     async def open(self, sock: Socket) -> None:
         loop = asyncio.get_running_loop()
-        host, port = "127.0.0.1", self.config["port"]
-        await loop.create_connection(lambda: sock, host, port)
+        await loop.create_connection(lambda: sock, "127.0.0.1", self.config["port"])
         await asyncio.wait_for(sock.opened, 60)
 
     def lost(self, sock: Socket, code: int) -> None:
@@ -535,8 +437,7 @@ class Sockets:
         asyncio.get_running_loop().create_task(self.reconnect(sock))
 
     async def reconnect(self, old: Socket) -> None:
-        if self.stopping:
-            return
+        """A fresh socket in place of one lost, resuming after the last message it got."""
         after = old.last if old.last is not None else old.start
         while not self.stopping:
             await asyncio.sleep(RECONNECT_SECONDS)
@@ -587,28 +488,21 @@ class Sockets:
         }
 
     def check(self, expected: list[int]) -> dict[str, Any]:
+        """Every socket against the price updates of the run: each exactly once."""
         want = frozenset(expected)
-        missing = duplicate = extra = short = 0
-        for sock in self.all:
-            got = sock.prices
-            lacking = len(want - got)
-            missing += lacking
-            short += 1 if lacking else 0
-            extra += len(got - want)
-            duplicate += sock.duplicate_prices
+        missing = [len(want - sock.prices) for sock in self.all]
         return {
             "sockets": len(self.all),
             "open": sum(1 for s in self.all if s.closed is None),
             "received": sum(s.received for s in self.all),
             "messages": {str(m): n for m, n in self.messages.items()},
-            "price_messages": {str(m): n for m, n in self.price_messages.items()},
             "closes": self.closes,
             "reconnects": self.reconnects,
             "reconnect_failures": dict(self.reconnect_failures),
-            "missing_prices": missing,
-            "sockets_missing_prices": short,
-            "duplicate_prices": duplicate,
-            "extra_prices": extra,
+            "missing_prices": sum(missing),
+            "sockets_missing_prices": sum(1 for n in missing if n),
+            "duplicate_prices": sum(sock.duplicate_prices for sock in self.all),
+            "extra_prices": sum(len(sock.prices - want) for sock in self.all),
             "malformed": self.malformed,
         }
 
@@ -648,7 +542,6 @@ class Socket(RawSocket):
         self.received += 1
         self.last = message.position
         if message.type == "price_update":
-            owner.price_messages[minute] += 1
             if message.position in self.prices:
                 self.duplicate_prices += 1
             else:
@@ -659,21 +552,21 @@ async def _ws_process(index: int, config: dict[str, Any], commands: Any, out: An
     sockets = Sockets(index, config, out)
     try:
         out.put(("opened", "ws", index, await sockets.open_all()))
-        op, arg = await _get(commands)
+        op, arg = await harness.receive(commands)
         if op != "go":
             return
         sockets.t0 = t0 = arg["t0"]
-        minutes = int(round(arg["seconds"] / 60 + 0.4999))
 
         async def report_minutes() -> None:
-            for minute in range(minutes):
-                await asyncio.sleep(max(0.0, t0 + 60 * (minute + 1) + 3 - time.monotonic()))
+            for minute in range(_minutes(arg["seconds"])):
+                due = t0 + 60 * (minute + 1) + REPORT_DELAY
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
                 out.put(("progress", "ws", index, minute, sockets.progress(minute)))
 
         reporter = asyncio.create_task(report_minutes())
         try:
             while True:
-                op, arg = await _get(commands)
+                op, arg = await harness.receive(commands)
                 if op == "count":
                     out.put(("count", "ws", index, sum(s.received for s in sockets.all)))
                 elif op == "check":
@@ -692,92 +585,10 @@ async def _ws_process(index: int, config: dict[str, Any], commands: Any, out: An
 
 
 def ws_main(index: int, config: dict[str, Any], commands: Any, out: Any) -> None:
-    _run_loop(lambda: _ws_process(index, config, commands, out))
+    harness.child_loop(lambda: _ws_process(index, config, commands, out))
 
 
 # -- the coordinator -----------------------------------------------------------------------------
-
-
-class Children:
-    """The load processes, a command queue to each, one queue back from all."""
-
-    def __init__(self) -> None:
-        self._context = multiprocessing.get_context("spawn")
-        self.out = self._context.Queue()
-        self.processes: list[tuple[str, int, Any, Any]] = []  # (kind, index, process, commands)
-        self._pending: list[tuple] = []
-
-    def start(self, kind: str, index: int, target: Any, config: dict[str, Any]) -> None:
-        commands = self._context.Queue()
-        process = self._context.Process(
-            target=target, args=(index, config, commands, self.out), daemon=True
-        )
-        process.start()
-        self.processes.append((kind, index, process, commands))
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for _, _, p, _ in self.processes if p.pid is not None]
-
-    def send(self, kind: str | None, op: str, arg: Any = None) -> None:
-        for k, _, _, commands in self.processes:
-            if kind is None or k == kind:
-                commands.put((op, arg))
-
-    def check_alive(self) -> None:
-        for kind, index, process, _ in self.processes:
-            if not process.is_alive() and process.exitcode not in (0, None):
-                raise RuntimeError(f"{kind} client {index} died (exit code {process.exitcode})")
-
-    async def next(self, timeout: float) -> tuple | None:
-        """The next message from any child, or None after `timeout`."""
-        if self._pending:
-            return self._pending.pop(0)
-        try:
-            message = await asyncio.to_thread(self.out.get, True, timeout)
-        except queue_module.Empty:
-            self.check_alive()
-            return None
-        if message[0] == "failed":
-            raise RuntimeError(f"{message[1]} client {message[2]} failed: {message[3]}")
-        return message
-
-    async def gather(self, tag: str, kind: str, count: int, timeout: float) -> dict[int, Any]:
-        """Wait for `count` messages `tag` from the children of `kind`; others wait their turn."""
-        got: dict[int, Any] = {}
-        deferred: list[tuple] = []
-        deadline = time.monotonic() + timeout
-        while len(got) < count:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RuntimeError(f"no {tag!r} from every {kind} client within {timeout:.0f} s")
-            message = await self.next(min(left, 5.0))
-            if message is None:
-                continue
-            if message[0] == tag and message[1] == kind:
-                got[message[2]] = message[3]
-            else:
-                deferred.append(message)
-        self._pending.extend(deferred)
-        return got
-
-    def stop(self) -> None:
-        for _, _, _, commands in self.processes:
-            try:
-                commands.put(("exit", None))
-            except (OSError, ValueError):
-                pass
-        deadline = time.monotonic() + 10
-        for _, _, process, _ in self.processes:
-            process.join(max(0.1, deadline - time.monotonic()))
-        for _, _, process, _ in self.processes:
-            if process.is_alive():
-                process.terminate()
-                process.join(5)
-            if process.is_alive():
-                process.kill()
-                process.join()
-        self.out.cancel_join_thread()
 
 
 @dataclass
@@ -795,9 +606,18 @@ class Sample:
     load: tuple[float, float, float] | None
     db_connections: int
 
+    @property
+    def other_fds(self) -> int | None:
+        if self.fds is None or self.socket_fds is None:
+            return None
+        return self.fds - self.socket_fds
+
 
 class Sampler:
-    """The server's memory, descriptors and CPU, the database's and the machine's, every 10 s."""
+    """The server's memory, descriptors and CPU, the database's and the machine's, every 10 s.
+
+    The database's CPU adds up each backend's from when it was first seen, so that the
+    connections the pool opens and closes (its overflow) count for the time they lived."""
 
     def __init__(
         self, admin: asyncpg.Connection, database: str, server_pid: int, client_pids: list[int]
@@ -809,28 +629,26 @@ class Sampler:
         self._db_total = 0.0
 
     async def sample(self, at: float) -> Sample:
-        rows = await self.admin.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1", self.database
+        pids = await harness.backend_pids(self.admin, self.database)
+        for pid, seconds in harness.process_cpu(pids).items():
+            if seconds is not None:
+                self._db_total += seconds - self._db_seen.get(pid, seconds)
+                self._db_seen[pid] = seconds
+        server = harness.process_cpu([self.server_pid])[self.server_pid] or 0.0
+        clients = (
+            sum(filter(None, harness.process_cpu(self.client_pids).values())) + time.process_time()
         )
-        pids = [row["pid"] for row in rows]
-        for pid, seconds in process_cpu(pids).items():
-            self._db_total += seconds - self._db_seen.get(pid, seconds)  # from when first seen
-            self._db_seen[pid] = seconds
-        server = process_cpu([self.server_pid]).get(self.server_pid, 0.0)
-        clients = sum(process_cpu(self.client_pids).values()) + time.process_time()
+        pid = self.server_pid
         sample = Sample(
-            at=at,
-            rss=process_memory_kib(self.server_pid, "VmRSS"),
-            hwm=process_memory_kib(self.server_pid, "VmHWM"),
-            threads=process_memory_kib(self.server_pid, "Threads"),
-            fds=open_fd_count(self.server_pid),
-            socket_fds=_socket_fds(self.server_pid),
-            server_cpu=server,
-            db_cpu=self._db_total,
-            clients_cpu=clients,
-            machine=machine_ticks(),
-            load=load_average(),
-            db_connections=len(pids),
+            at,
+            *(harness.process_memory_kib(pid, name) for name in ("VmRSS", "VmHWM", "Threads")),
+            *harness.open_fds(pid),
+            server,
+            self._db_total,
+            clients,
+            harness.machine_ticks(),
+            harness.load_average(),
+            len(pids),
         )
         self.samples.append(sample)
         return sample
@@ -857,31 +675,12 @@ class Sampler:
         if a is None or b is None or b.at <= a.at:
             return {}
         span = b.at - a.at
-        busy0, total0 = a.machine
-        busy1, total1 = b.machine
-        cores = os.cpu_count() or 1
-        machine = (busy1 - busy0) / (total1 - total0) * cores if total1 > total0 else None
+        machine = harness.busy_cores(a.machine, b.machine)
         server = (b.server_cpu - a.server_cpu) / span
         db = (b.db_cpu - a.db_cpu) / span
         clients = (b.clients_cpu - a.clients_cpu) / span
         other = None if machine is None else max(0.0, machine - server - db - clients)
         return {"server": server, "db": db, "clients": clients, "other": other, "machine": machine}
-
-
-def _socket_fds(pid: int) -> int | None:
-    """How many of a process's open descriptors are sockets."""
-    count = 0
-    try:
-        names = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return None
-    for name in names:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
-                count += 1
-        except OSError:
-            continue
-    return count
 
 
 def _metric(text: str, name: str) -> dict[str, float]:
@@ -922,33 +721,36 @@ async def _http_once(port: int, method: str, path: str, token: str, body: bytes 
     return status, data
 
 
-async def _clear_redis(url: str, prefix: str) -> int:
+async def _redis(url: str, work: Any) -> Any:
+    """`work(client)` on a client of `url`; None where redis is not installed."""
     try:
         import redis.asyncio as aioredis
     except ImportError:
-        return 0
+        return None
     client = aioredis.from_url(url)
     try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-        return len(keys)
-    except Exception as error:  # noqa: BLE001 - cleanup: say so and go on
-        print(f"note: could not clear the Redis keys {prefix}:*: {error!r}", file=sys.stderr)
-        return 0
+        return await work(client)
     finally:
         await client.aclose()
 
 
+async def _clear_redis(url: str, prefix: str) -> int:
+    async def clear(client: Any) -> int:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+        return len(keys)
+
+    try:
+        return await _redis(url, clear) or 0
+    except Exception as error:  # noqa: BLE001 - cleanup: say so and go on
+        print(f"note: could not clear the Redis keys {prefix}:*: {error!r}", file=sys.stderr)
+        return 0
+
+
 async def _redis_stream_length(url: str, key: str) -> int | None:
     try:
-        import redis.asyncio as aioredis
-
-        client = aioredis.from_url(url)
-        try:
-            return await client.xlen(key)
-        finally:
-            await client.aclose()
+        return await _redis(url, lambda client: client.xlen(key))
     except Exception:  # noqa: BLE001
         return None
 
@@ -957,7 +759,7 @@ async def wait_quiet(limit: float, patience: float) -> None:
     """Wait (up to `patience` seconds) until the 1-minute load average is below `limit`."""
     deadline = time.monotonic() + patience
     while True:
-        load = load_average()
+        load = harness.load_average()
         if load is None or load[0] < limit:
             print(f"load average {load}: starting", flush=True)
             return
@@ -968,242 +770,205 @@ async def wait_quiet(limit: float, patience: float) -> None:
         await asyncio.sleep(30)
 
 
-async def main(args: argparse.Namespace) -> int:
-    from api.auth import Role, mint_token
-    from bench.api import Server, free_port, server_env, source_state
+# -- the run -------------------------------------------------------------------------------------
 
-    if args.wait_quiet:
-        await wait_quiet(args.wait_quiet, args.wait_patience)
-    started = time.monotonic()
-    load_before = load_average()
-    busy0, total0 = machine_ticks()
-    await asyncio.sleep(1.0)
-    busy1, total1 = machine_ticks()
-    idle_cores = (busy1 - busy0) / max(1, total1 - total0) * (os.cpu_count() or 1)
-    if args.http_users > args.ws_users:
-        raise SystemExit("--http-users must not exceed --ws-users (the sockets' users)")
-    seconds = args.minutes * 60
-    minutes = int(round(args.minutes + 0.4999))
-    warmup = args.warmup_minutes * 60
 
-    admin_dsn = os.environ.get("BENCH_DATABASE_URL", DEFAULT_ADMIN_DSN)
-    redis_url = os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL)
-    prefix = f"bench-soak-{secrets.token_hex(4)}"
-    dsn = database_dsn(admin_dsn, args.database)
-    admin = await asyncpg.connect(admin_dsn)
-    secret = secrets.token_urlsafe(48)
-    ttl = timedelta(minutes=args.minutes + 60)
-    users = [f"soak-u{i:03d}" for i in range(args.ws_users)]
-    http_users = users[: args.http_users]
+@dataclass
+class Soak:
+    """One run: the service, its load processes and what they found."""
 
-    def token(subject: str, role: Role) -> str:
-        return mint_token(
-            secret_or_private_key=secret, algorithm="HS256", subject=subject, role=role, ttl=ttl
-        )
-
-    tokens = {user: token(user, Role.USER) for user in users}
-    tokens[SERVICE] = token(SERVICE, Role.SERVICE)
-    logs = Path(tempfile.mkdtemp(prefix="bench_soak_"))
-    source = source_state()
-    service = None
-    children = Children()
+    args: argparse.Namespace
+    admin: asyncpg.Connection
+    dsn: str
+    secret: str
+    prefix: str
+    redis_url: str
+    tokens: dict[str, str]
+    logs: Path
+    service: harness.Server | None = None
+    children: harness.Children = field(default_factory=harness.Children)
     sampler: Sampler | None = None
-    sampling: asyncio.Task[None] | None = None
-    failed = True
-    try:
-        await drop_database(admin, args.database)
-        await admin.execute(f'CREATE DATABASE "{args.database}"')
-        port = free_port()
-        service = Server(
-            "service",
-            [sys.executable, "-m", "api", "serve"],
-            server_env(
-                DATABASE_URL=dsn,
-                JWT_SECRET=secret,
-                PORT=str(port),
-                HOST="127.0.0.1",
-                LOG_LEVEL="WARNING",
-                DB_POOL_SIZE=str(args.pool_size),
-                DB_MAX_OVERFLOW=str(args.max_overflow),
-                REDIS_URL=redis_url,
-                REDIS_KEY_PREFIX=prefix,
-                WORKERS="1",
-            ),
-            port,
+    results: dict[int, Any] = field(default_factory=dict)
+
+    @property
+    def port(self) -> int:
+        assert self.service is not None
+        return self.service.port
+
+    async def start(self, header: str) -> None:
+        args = self.args
+        self.service = harness.start_service(
+            self.dsn,
+            self.secret,
+            self.tokens[SERVICE],
+            self.logs,
             "/health/ready",
-            tokens[SERVICE],
-            logs,
+            LOG_LEVEL="WARNING",
+            DB_POOL_SIZE=str(args.pool_size),
+            DB_MAX_OVERFLOW=str(args.max_overflow),
+            REDIS_URL=self.redis_url,
+            REDIS_KEY_PREFIX=self.prefix,
         )
-        service.wait_ready()
-        info = await admin.fetchrow(
-            "SELECT current_setting('server_version') AS version, "
-            "current_setting('max_connections') AS max_connections"
-        )
+        self.service.wait_ready()
         import starlette
         import uvicorn
 
         print(
-            f"Soak: {os.cpu_count()} cores, Python {platform.python_version()}, uvicorn "
-            f"{uvicorn.__version__}, starlette {starlette.__version__}, PostgreSQL "
-            f"{info['version'].split()[0]}; source: commit {source[0]}"
-            + (f", modified: {', '.join(source[1])}" if source[1] else ", clean")
-        )
-        print(
-            f"{args.minutes:g} min; HTTP {args.rate:g} req/s open loop ({args.price_rate:g}/s "
-            f"update-prices) as {args.http_users} users over {args.http_clients} process(es); "
-            f"{args.ws_users * args.sockets_per_user:,} sockets ({args.ws_users} users x "
-            f"{args.sockets_per_user}) over {args.ws_clients} processes; pool "
-            f"{args.pool_size}+{args.max_overflow}; Redis prefix {prefix}; machine busy before: "
-            f"{idle_cores:.2f} cores, load average {load_before}",
+            f"Soak: {harness.CORES} cores, Python {platform.python_version()}, uvicorn "
+            f"{uvicorn.__version__}, starlette {starlette.__version__}, "
+            f"{await harness.postgres(self.admin)}; {header}",
             flush=True,
         )
 
-        # the HTTP clients seed their users' books; then the sockets open (their initial data
-        # has those positions); then the load starts
+    async def seed(self, http_users: list[str]) -> None:
+        """The HTTP clients seed their users' books; then one update-prices."""
+        args = self.args
         user_rate = (args.rate - args.price_rate) / args.http_clients
         for index in range(args.http_clients):
             mine = http_users[index :: args.http_clients]
-            children.start(
-                "http",
-                index,
-                http_main,
-                {
-                    "port": port,
-                    "tokens": {u: tokens[u] for u in [*mine, SERVICE]},
-                    "users": mine,
-                    "seed_users": True,
-                    "user_rate": user_rate,
-                    "price_rate": args.price_rate if index == 0 else 0.0,
-                    "seed": args.seed,
-                },
-            )
-        seeded = await children.gather("seeded", "http", args.http_clients, 300)
+            config = {
+                "port": self.port,
+                "tokens": {u: self.tokens[u] for u in [*mine, SERVICE]},
+                "users": mine,
+                "seed_users": True,
+                "user_rate": user_rate,
+                "price_rate": args.price_rate if index == 0 else 0.0,
+                "seed": args.seed,
+            }
+            self.children.start("http", index, http_main, config)
+        seeded = await self.children.gather("seeded", "http", args.http_clients, 300)
         status, data = await _http_once(
-            port,
-            "POST",
-            "/positions/update-prices",
-            tokens[SERVICE],
-            _body({s: p for s, p in SYMBOLS.items()}),
+            self.port, "POST", "/positions/update-prices", self.tokens[SERVICE], _body(SYMBOLS)
         )
         if status != 200:
             raise RuntimeError(f"update-prices answered {status}: {data[:300]!r}")
         print(f"seeded {sum(seeded.values()):,} positions", flush=True)
 
+    async def open_sockets(self, users: list[str]) -> None:
+        """The sockets, once the books are seeded (their initial data has those positions)."""
+        args = self.args
         for index in range(args.ws_clients):
             mine = users[index :: args.ws_clients]
-            children.start(
-                "ws",
-                index,
-                ws_main,
-                {
-                    "port": port,
-                    "tokens": {u: tokens[u] for u in mine},
-                    "users": mine,
-                    "per_user": args.sockets_per_user,
-                },
-            )
-        opened = await children.gather("opened", "ws", args.ws_clients, 300)
+            config = {
+                "port": self.port,
+                "tokens": {u: self.tokens[u] for u in mine},
+                "users": mine,
+                "per_user": args.sockets_per_user,
+            }
+            self.children.start("ws", index, ws_main, config)
+        opened = await self.children.gather("opened", "ws", args.ws_clients, 300)
         total_open = sum(o["opened"] for o in opened.values())
         failures = [e for o in opened.values() for e in o["errors"]]
+        failed = sum(o["failed"] for o in opened.values())
         print(
             f"opened {total_open:,} sockets in {max(o['seconds'] for o in opened.values()):.1f} s"
-            + (
-                f"; {sum(o['failed'] for o in opened.values())} failed: {failures}"
-                if failures
-                else ""
-            ),
+            + (f"; {failed} failed: {failures}" if failures else ""),
             flush=True,
         )
         if total_open != args.ws_users * args.sockets_per_user:
             raise RuntimeError("not every socket opened")
 
-        sampler = Sampler(admin, args.database, service.pid, children.pids)
+    async def load(self, seconds: float) -> Sample:
+        """The load for `seconds`, a line of progress a minute; the last sample under it."""
+        assert self.service is not None
+        args, children = self.args, self.children
+        self.sampler = Sampler(self.admin, args.database, self.service.pid, children.pids)
         t0 = time.monotonic() + 1.0
         children.send("http", "go", {"t0": t0, "seconds": seconds})
         children.send("ws", "go", {"t0": t0, "seconds": seconds})
-        sampling = asyncio.create_task(sampler.run(t0, seconds))
+        sampling = asyncio.create_task(self.sampler.run(t0, seconds))
+        try:
+            await self.follow(_minutes(seconds))
+            await sampling
+        finally:
+            if not sampling.done():
+                sampling.cancel()
+                await asyncio.gather(sampling, return_exceptions=True)
+        return self.sampler.samples[-1]
 
-        # live progress, one line a minute
+    async def follow(self, minutes: int) -> None:
+        """Print each minute's progress once every client has told it; keep the results."""
+        assert self.service is not None and self.sampler is not None
+        args = self.args
         progress: dict[int, dict[str, dict[int, Any]]] = defaultdict(lambda: defaultdict(dict))
         printed = 0
-        results: dict[int, Any] = {}
-        header_done = False
-        while len(results) < args.http_clients or printed < minutes:
-            message = await children.next(5.0)
-            if service.process.poll() is not None:
-                raise RuntimeError(f"the service exited with code {service.process.poll()}")
+        while len(self.results) < args.http_clients or printed < minutes:
+            message = await self.children.next(5.0)
+            if self.service.process.poll() is not None:
+                raise RuntimeError(f"the service exited with code {self.service.process.poll()}")
             if message is None:
                 continue
-            tag = message[0]
-            if tag == "progress":
+            if message[0] == "progress":
                 _, kind, index, minute, figures = message
                 progress[minute][kind][index] = figures
-            elif tag == "result":
-                results[message[2]] = message[3]
+            elif message[0] == "result":
+                self.results[message[2]] = message[3]
             else:
                 print(f"note: unexpected message from a client: {message[:3]}", file=sys.stderr)
             while printed < minutes and (
                 len(progress[printed]["http"]) == args.http_clients
                 and len(progress[printed]["ws"]) == args.ws_clients
             ):
-                http = progress[printed]["http"].values()
-                ws = progress[printed]["ws"].values()
-                n = sum(f["n"] for f in http)
-                errors = sum(f["errors"] for f in http)
-                p99 = max((f["p99"] for f in http if f["p99"] is not None), default=None)
-                sample = sampler.at(60 * (printed + 1))
-                if not header_done:
+                if not printed:
                     print(
                         "minute  requests  errors  409s  p99 ms  live msgs  closed  open"
                         "  RSS MiB  fds"
                     )
-                    header_done = True
-                print(
-                    f"{printed + 1:>6}  {n:>8,}  {errors:>6}  {sum(f['refused'] for f in http):>4}"
-                    f"  {'-' if p99 is None else f'{p99 * 1000:.1f}':>6}"
-                    f"  {sum(f['messages'] for f in ws):>9,}  {sum(f['closed'] for f in ws):>6}"
-                    f"  {sum(f['open'] for f in ws):>4}"
-                    f"  {_mib(None if sample is None else sample.rss):>7}"
-                    f"  {'-' if sample is None else sample.fds}",
-                    flush=True,
-                )
+                http, ws = progress[printed]["http"].values(), progress[printed]["ws"].values()
+                print(self.progress_line(printed, http, ws), flush=True)
                 printed += 1
-        await sampling
-        end_sample = sampler.samples[-1]
 
-        # let the last deliveries arrive, then check every socket
+    def progress_line(self, minute: int, http: Any, ws: Any) -> str:
+        assert self.sampler is not None
+        p99 = max((f["p99"] for f in http if f["p99"] is not None), default=None)
+        sample = self.sampler.at(60 * (minute + 1))
+        rss = "-" if sample is None or sample.rss is None else f"{sample.rss / 1024:.1f}"
+        return (
+            f"{minute + 1:>6}  {sum(f['n'] for f in http):>8,}  "
+            f"{sum(f['errors'] for f in http):>6}  {sum(f['refused'] for f in http):>4}"
+            f"  {'-' if p99 is None else f'{p99 * 1000:.1f}':>6}"
+            f"  {sum(f['messages'] for f in ws):>9,}  {sum(f['closed'] for f in ws):>6}"
+            f"  {sum(f['open'] for f in ws):>4}"
+            f"  {rss:>7}"
+            f"  {'-' if sample is None else sample.fds}"
+        )
+
+    async def check_sockets(self) -> dict[int, Any]:
+        """Let the last deliveries arrive, then check every socket."""
+        count, children = self.args.ws_clients, self.children
         last, stable_since = -1, time.monotonic()
         settle_deadline = time.monotonic() + 30
         while time.monotonic() < settle_deadline:
             children.send("ws", "count")
-            counts = await children.gather("count", "ws", args.ws_clients, 30)
-            total = sum(counts.values())
+            total = sum((await children.gather("count", "ws", count, 30)).values())
             if total != last:
                 last, stable_since = total, time.monotonic()
             elif time.monotonic() - stable_since >= 2.0:
                 break
             await asyncio.sleep(0.5)
-        price_positions = sorted(p for r in results.values() for p in r["price_positions"])
-        children.send("ws", "check", price_positions)
-        checks = await children.gather("check", "ws", args.ws_clients, 120)
+        prices = sorted(p for r in self.results.values() for p in r["price_positions"])
+        children.send("ws", "check", prices)
+        return await children.gather("check", "ws", count, 120)
 
-        status, metrics_text = await _http_once(port, "GET", "/metrics", tokens[SERVICE])
-        metrics = metrics_text.decode(errors="replace") if status == 200 else ""
-        status, health = await _http_once(port, "GET", "/health", tokens[SERVICE])
-        stream_length = await _redis_stream_length(redis_url, f"{prefix}:live")
+    async def after_load(self) -> dict[str, Any]:
+        """/metrics, /health, Redis, `python -m api verify`, the database and the log."""
+        assert self.service is not None
+        token = self.tokens[SERVICE]
+        status, metrics = await _http_once(self.port, "GET", "/metrics", token)
+        health = await _http_once(self.port, "GET", "/health", token)
+        stream_length = await _redis_stream_length(self.redis_url, f"{self.prefix}:live")
         verify = subprocess.run(
             [sys.executable, "-m", "api", "verify"],
-            cwd=ROOT,
-            env=server_env(DATABASE_URL=dsn, JWT_SECRET=secret, LOG_LEVEL="WARNING"),
+            cwd=harness.ROOT,
+            env=harness.server_env(
+                DATABASE_URL=self.dsn, JWT_SECRET=self.secret, LOG_LEVEL="WARNING"
+            ),
             capture_output=True,
             text=True,
             timeout=600,
         )
-        counts_row = await admin.fetchrow(
-            "SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = $1) AS connections",
-            args.database,
-        )
-        setup = await asyncpg.connect(dsn)
+        connections = len(await harness.backend_pids(self.admin, self.args.database))
+        setup = await asyncpg.connect(self.dsn)
         try:
             book = await setup.fetchrow(
                 "SELECT (SELECT count(*) FROM events) AS events, "
@@ -1212,45 +977,92 @@ async def main(args: argparse.Namespace) -> int:
             )
         finally:
             await setup.close()
-        levels, examples = _log_levels(service.log)
-        code = report(
-            args,
-            results=results,
-            checks=checks,
-            sampler=sampler,
-            end_sample=end_sample,
-            warmup=warmup,
-            seconds=seconds,
-            minutes=minutes,
-            metrics=metrics,
-            health=(status, health),
-            verify=verify,
-            book=dict(book),
-            db_connections_after=counts_row["connections"],
-            stream_length=stream_length,
-            log_levels=levels,
-            log_examples=examples,
-            source=source,
-            load_before=load_before,
-            idle_cores=idle_cores,
-            total_open=total_open,
-            info=info,
-        )
-        print(f"\nRun time {time.monotonic() - started:.0f} s.")
-        failed = False
-        return code
-    finally:
-        if sampling is not None and not sampling.done():
-            sampling.cancel()
-            await asyncio.gather(sampling, return_exceptions=True)
-        children.stop()
-        if service is not None:
-            service.stop()
+        levels, examples = _log_levels(self.service.log)
+        return {
+            "metrics": metrics.decode(errors="replace") if status == 200 else "",
+            "health": health,
+            "verify": verify,
+            "book": dict(book),
+            "db_connections_after": connections,
+            "stream_length": stream_length,
+            "log_levels": levels,
+            "log_examples": examples,
+        }
+
+    async def run(self, users: list[str]) -> dict[str, Any]:
+        """Seed, open the sockets, load, check: what the report needs."""
+        seconds = self.args.minutes * 60
+        await self.seed(users[: self.args.http_users])
+        await self.open_sockets(users)
+        end_sample = await self.load(seconds)
+        checks = await self.check_sockets()
+        found = await self.after_load()
+        return found | {
+            "results": self.results,
+            "checks": checks,
+            "sampler": self.sampler,
+            "end_sample": end_sample,
+            "warmup": self.args.warmup_minutes * 60,
+            "seconds": seconds,
+            "minutes": _minutes(seconds),
+        }
+
+    def stop(self, failed: bool) -> None:
+        self.children.stop()
+        if self.service is not None:
+            self.service.stop()
             if failed:
-                print(f"the service's log: {service.log}", file=sys.stderr)
-        if not args.keep:
-            await drop_database(admin, args.database)
-        await admin.close()
+                print(f"the service's log: {self.service.log}", file=sys.stderr)
+
+
+def header_lines(args: argparse.Namespace, prefix: str, idle_cores: float, load_before: Any) -> str:
+    """The source, and the load as the options make it."""
+    return (
+        f"source: {harness.source_note(harness.source_state())}\n{args.minutes:g} min; HTTP "
+        f"{args.rate:g} req/s open loop ({args.price_rate:g}/s update-prices) as "
+        f"{args.http_users} users over {args.http_clients} process(es); "
+        f"{args.ws_users * args.sockets_per_user:,} sockets ({args.ws_users} users x "
+        f"{args.sockets_per_user}) over {args.ws_clients} processes; pool "
+        f"{args.pool_size}+{args.max_overflow}; Redis prefix {prefix}; machine busy before: "
+        f"{idle_cores:.2f} cores, load average {load_before}"
+    )
+
+
+async def main(args: argparse.Namespace) -> int:
+    from api.auth import Role
+
+    if args.wait_quiet:
+        await wait_quiet(args.wait_quiet, args.wait_patience)
+    started = time.monotonic()
+    load_before = harness.load_average()
+    idle_cores = await harness.machine_busy()
+    if args.http_users > args.ws_users:
+        raise SystemExit("--http-users must not exceed --ws-users (the sockets' users)")
+    redis_url = os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL)
+    prefix = f"bench-soak-{secrets.token_hex(4)}"
+    users = [f"soak-u{i:03d}" for i in range(args.ws_users)]
+    secret = secrets.token_urlsafe(48)
+    roles = dict.fromkeys(users, Role.USER) | {SERVICE: Role.SERVICE}
+    tokens = harness.mint_tokens(secret, roles, timedelta(minutes=args.minutes + 60))
+    logs = Path(tempfile.mkdtemp(prefix="bench_soak_"))
+    header = header_lines(args, prefix, idle_cores, load_before)
+    failed = True
+    try:
+        async with harness.scratch_database(args.database, args.keep, DEFAULT_ADMIN_DSN) as (
+            admin,
+            dsn,
+        ):
+            soak = Soak(args, admin, dsn, secret, prefix, redis_url, tokens, logs)
+            try:
+                await soak.start(header)
+                found = await soak.run(users)
+                code = report(args, load_before=load_before, **found)
+                print(f"\nRun time {time.monotonic() - started:.0f} s.")
+                failed = False
+                return code
+            finally:
+                soak.stop(failed)
+    finally:
         cleared = await _clear_redis(redis_url, prefix)
         if cleared:
             print(f"(deleted {cleared} Redis keys {prefix}:*)")
@@ -1263,41 +1075,22 @@ async def main(args: argparse.Namespace) -> int:
 # -- the report ----------------------------------------------------------------------------------
 
 
-def _ms(values: list[float], q: float) -> str:
-    return "-" if not values else f"{percentile(values, q) * 1000:.1f}"
+def _ms(values: Any, q: float) -> str:
+    return "-" if not values else f"{harness.percentile(values, q) * 1000:.1f}"
 
 
-def _merge(results: dict[int, Any]) -> dict[tuple[int, str], dict[str, Any]]:
-    merged: dict[tuple[int, str], dict[str, Any]] = {}
+def _cores(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _merge(results: dict[int, Any]) -> dict[tuple[int, str], Bucket]:
+    """The buckets of every HTTP process, by (minute, kind)."""
+    merged: dict[tuple[int, str], Bucket] = defaultdict(Bucket)
     for result in results.values():
-        for key, b in result["buckets"].items():
+        for key, exported in result["buckets"].items():
             minute, kind = key.split("|")
-            m = merged.setdefault(
-                (int(minute), kind),
-                {
-                    "n": 0,
-                    "ok": 0,
-                    "refused": 0,
-                    "statuses": Counter(),
-                    "transport": Counter(),
-                    "due": [],
-                    "sent": [],
-                    "lag": 0.0,
-                },
-            )
-            m["n"] += b["n"]
-            m["ok"] += b["ok"]
-            m["refused"] += b["refused"]
-            m["statuses"].update({int(s): n for s, n in b["statuses"].items()})
-            m["transport"].update(b["transport"])
-            m["due"].extend(array("d", b["due"]))
-            m["sent"].extend(array("d", b["sent"]))
-            m["lag"] = max(m["lag"], b["lag"])
-    return merged
-
-
-def _errors(b: dict[str, Any]) -> int:
-    return sum(n for s, n in b["statuses"].items() if s != 409) + sum(b["transport"].values())
+            merged[(int(minute), kind)].merge(exported)
+    return dict(merged)
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -1307,184 +1100,116 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def report(args: argparse.Namespace, **r: Any) -> int:
-    merged = _merge(r["results"])
-    sampler: Sampler = r["sampler"]
-    checks: dict[int, Any] = r["checks"]
-    minutes: int = r["minutes"]
-    seconds: float = r["seconds"]
-    out: list[str] = []  # markdown
+class Report:
+    """The tables, printed, and kept as markdown for --markdown."""
 
-    live_minute: Counter[int] = Counter()
-    closes_minute: Counter[int] = Counter()
-    close_codes: Counter[int] = Counter()
-    for check in checks.values():
-        for m, n in check["messages"].items():
-            live_minute[int(m)] += n
-        for m, code in check["closes"]:
-            closes_minute[m] += 1
-            close_codes[code] += 1
+    def __init__(self) -> None:
+        self.markdown: list[str] = []
 
-    # per minute
-    header = [
-        "minute",
-        "requests",
-        "req/s",
-        "2xx",
-        "409",
-        "errors",
-        "error rate",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
-        "client lag ms",
-        "live msgs",
-        "msgs/s",
-        "closed",
-        "RSS MiB",
-        "fds",
-        "server cores",
-        "db cores",
-        "other cores",
+    def table(self, title: str, header: list[str], rows: list[list[str]], md: str = "") -> None:
+        harness.print_table(title, header, rows)
+        self.markdown += [f"### {md or title}", "", _markdown(header, rows), ""]
+
+
+def minute_row(label: str, buckets: list[Bucket], span: float) -> list[str]:
+    """The requests of a minute (or of the run) and their latency."""
+    n, errors = sum(b.n for b in buckets), sum(b.errors() for b in buckets)
+    due = [v for b in buckets for v in b.due]
+    return [
+        label,
+        f"{n:,}",
+        f"{n / span:.1f}",
+        f"{sum(b.ok for b in buckets):,}",
+        str(sum(b.refused for b in buckets)),
+        str(errors),
+        f"{(errors / n * 100 if n else 0):.3f} %",
+        _ms(due, 50),
+        _ms(due, 99),
+        _ms(due, 100),
+        f"{max((b.lag for b in buckets), default=0) * 1000:.1f}",
     ]
+
+
+def print_minutes(
+    out: Report, r: dict[str, Any], merged: dict, live: Counter, closes: Counter
+) -> None:
+    sampler: Sampler = r["sampler"]
+    minutes, seconds = r["minutes"], r["seconds"]
     rows = []
     for minute in range(minutes):
-        bs = [b for (m, _), b in merged.items() if m == minute]
-        n = sum(b["n"] for b in bs)
-        errors = sum(_errors(b) for b in bs)
-        due = [v for b in bs for v in b["due"]]
         span = min(60.0, seconds - 60 * minute)
         sample = sampler.at(60 * minute + span)
         cores = sampler.window(60 * minute, 60 * minute + span)
+        buckets = [b for (m, _), b in merged.items() if m == minute]
+        rss = "-" if sample is None or sample.rss is None else f"{sample.rss / 1024:.1f}"
         rows.append(
             [
-                str(minute + 1),
-                f"{n:,}",
-                f"{n / span:.1f}",
-                f"{sum(b['ok'] for b in bs):,}",
-                str(sum(b["refused"] for b in bs)),
-                str(errors),
-                f"{(errors / n * 100 if n else 0):.3f} %",
-                _ms(due, 50),
-                _ms(due, 99),
-                _ms(due, 100),
-                f"{max((b['lag'] for b in bs), default=0) * 1000:.1f}",
-                f"{live_minute[minute]:,}",
-                f"{live_minute[minute] / span:,.0f}",
-                str(closes_minute[minute]),
-                "-" if sample is None or sample.rss is None else f"{sample.rss / 1024:.1f}",
+                *minute_row(str(minute + 1), buckets, span),
+                f"{live[minute]:,}",
+                f"{live[minute] / span:,.0f}",
+                str(closes[minute]),
+                rss,
                 "-" if sample is None else str(sample.fds),
-                _cores(cores.get("server")),
-                _cores(cores.get("db")),
-                _cores(cores.get("other")),
+                *(_cores(cores.get(part)) for part in ("server", "db", "other")),
             ]
         )
-    all_b = list(merged.values())
-    total_n = sum(b["n"] for b in all_b)
-    total_err = sum(_errors(b) for b in all_b)
-    all_due = [v for b in all_b for v in b["due"]]
     cores = sampler.window(0, seconds)
+    messages = sum(live[m] for m in range(minutes))
     rows.append(
         [
-            "all",
-            f"{total_n:,}",
-            f"{total_n / seconds:.1f}",
-            f"{sum(b['ok'] for b in all_b):,}",
-            str(sum(b["refused"] for b in all_b)),
-            str(total_err),
-            f"{(total_err / total_n * 100 if total_n else 0):.3f} %",
-            _ms(all_due, 50),
-            _ms(all_due, 99),
-            _ms(all_due, 100),
-            f"{max((b['lag'] for b in all_b), default=0) * 1000:.1f}",
-            f"{sum(live_minute[m] for m in range(minutes)):,}",
-            f"{sum(live_minute[m] for m in range(minutes)) / seconds:,.0f}",
-            str(sum(closes_minute[m] for m in range(minutes))),
+            *minute_row("all", list(merged.values()), seconds),
+            f"{messages:,}",
+            f"{messages / seconds:,.0f}",
+            str(sum(closes[m] for m in range(minutes))),
             "",
             "",
-            _cores(cores.get("server")),
-            _cores(cores.get("db")),
-            _cores(cores.get("other")),
+            *(_cores(cores.get(part)) for part in ("server", "db", "other")),
         ]
     )
-    print_table(
-        "Per minute (latency: from the request's slot to its answer, all kinds)", header, rows
+    out.table(
+        "Per minute (latency: from the request's slot to its answer, all kinds)",
+        "minute|requests|req/s|2xx|409|errors|error rate|p50 ms|p99 ms|max ms|client lag ms|"
+        "live msgs|msgs/s|closed|RSS MiB|fds|server cores|db cores|other cores".split("|"),
+        rows,
+        "Per minute",
     )
-    out += ["### Per minute", "", _markdown(header, rows), ""]
-
-    # p99 per kind per minute
-    kheader = ["minute", *KINDS]
-    krows = []
+    rows = []
     for minute in range(minutes):
-        row = [str(minute + 1)]
-        for kind in KINDS:
-            b = merged.get((minute, kind))
-            row.append("-" if b is None else f"{_ms(b['due'], 50)} / {_ms(b['due'], 99)}")
-        krows.append(row)
-    print_table("p50 / p99 ms per kind and minute", kheader, krows)
-    out += ["### p50 / p99 ms per request kind and minute", "", _markdown(kheader, krows), ""]
+        cells = [merged.get((minute, kind)) for kind in KINDS]
+        shown = ("-" if b is None else f"{_ms(b.due, 50)} / {_ms(b.due, 99)}" for b in cells)
+        rows.append([str(minute + 1), *shown])
+    out.table(
+        "p50 / p99 ms per kind and minute",
+        ["minute", *KINDS],
+        rows,
+        "p50 / p99 ms per request kind and minute",
+    )
 
-    # per kind, whole run
-    theader = [
-        "request",
-        "count",
-        "2xx",
-        "409",
-        "errors",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
-        "p99 sent ms",
-    ]
-    trows = []
+
+def print_kinds(out: Report, merged: dict[tuple[int, str], Bucket]) -> None:
+    rows = []
     for kind in KINDS:
-        bs = [b for (m, k), b in merged.items() if k == kind]
-        due = [v for b in bs for v in b["due"]]
-        sent = [v for b in bs for v in b["sent"]]
-        trows.append(
+        buckets = [b for (_, k), b in merged.items() if k == kind]
+        due, sent = ([v for b in buckets for v in getattr(b, f)] for f in ("due", "sent"))
+        rows.append(
             [
                 LABELS[kind],
-                f"{sum(b['n'] for b in bs):,}",
-                f"{sum(b['ok'] for b in bs):,}",
-                str(sum(b["refused"] for b in bs)),
-                str(sum(_errors(b) for b in bs)),
+                f"{sum(b.n for b in buckets):,}",
+                f"{sum(b.ok for b in buckets):,}",
+                str(sum(b.refused for b in buckets)),
+                str(sum(b.errors() for b in buckets)),
                 _ms(due, 50),
                 _ms(due, 99),
                 _ms(due, 100),
                 _ms(sent, 99),
             ]
         )
-    print_table("Per request kind, whole run", theader, trows)
-    out += ["### Per request kind, whole run", "", _markdown(theader, trows), ""]
+    header = "request|count|2xx|409|errors|p50 ms|p99 ms|max ms|p99 sent ms".split("|")
+    out.table("Per request kind, whole run", header, rows)
 
-    statuses: Counter[int] = Counter()
-    transport: Counter[str] = Counter()
-    for b in all_b:
-        statuses.update(b["statuses"])
-        transport.update(b["transport"])
-    samples = [s for res in r["results"].values() for s in res["samples"]]
-    error_line = (
-        f"non-2xx answers: {dict(statuses) or 'none'}; transport failures: "
-        f"{dict(transport) or 'none'}"
-    )
-    print("\n" + error_line)
-    for s in samples[:5]:
-        print("  e.g.", s)
 
-    # memory and descriptors
-    start = sampler.at(r["warmup"])
-    end: Sample = r["end_sample"]
+def print_memory(out: Report, sampler: Sampler, start: Sample, end: Sample) -> None:
     first = sampler.samples[0]
-    growth = None
-    if start is not None and start.rss and end.rss:
-        growth = (end.rss - start.rss) / start.rss * 100
-    mheader = [
-        "server process",
-        "load start (0 s)",
-        f"start ({start.at:.0f} s)",
-        f"end ({end.at:.0f} s)",
-        "change start -> end",
-    ]
 
     def mib(v: int | None) -> str:
         return "-" if v is None else f"{v / 1024:.1f} MiB"
@@ -1495,234 +1220,198 @@ def report(args: argparse.Namespace, **r: Any) -> int:
         pct = f" ({(b - a) / a * 100:+.1f} %)" if a else ""
         return f"{b - a:+,}{unit}{pct}" if not unit else f"{(b - a) / 1024:+.1f} MiB{pct}"
 
-    mrows = [
-        ["VmRSS", mib(first.rss), mib(start.rss), mib(end.rss), change(start.rss, end.rss, "MiB")],
+    rows = []
+    for label, figure, shown in [
+        ("VmRSS", "rss", mib),
+        ("VmHWM (peak RSS)", "hwm", mib),
+        ("open file descriptors", "fds", str),
+        ("of which sockets", "socket_fds", str),
+        ("other descriptors (files, pipes, epoll...)", "other_fds", str),
+        ("threads", "threads", str),
+        ("database connections (service)", "db_connections", str),
+    ]:
+        values = [getattr(s, figure) for s in (first, start, end)]
+        rows.append(
+            [label, *map(shown, values), change(*values[1:], "MiB" if shown is mib else "")]
+        )
+    out.table(
+        "Memory and descriptors",
         [
-            "VmHWM (peak RSS)",
-            mib(first.hwm),
-            mib(start.hwm),
-            mib(end.hwm),
-            change(start.hwm, end.hwm, "MiB"),
+            "server process",
+            "load start (0 s)",
+            f"start ({start.at:.0f} s)",
+            f"end ({end.at:.0f} s)",
+            "change start -> end",
         ],
-        [
-            "open file descriptors",
-            str(first.fds),
-            str(start.fds),
-            str(end.fds),
-            change(start.fds, end.fds),
-        ],
-        [
-            "of which sockets",
-            str(first.socket_fds),
-            str(start.socket_fds),
-            str(end.socket_fds),
-            change(start.socket_fds, end.socket_fds),
-        ],
-        [
-            "other descriptors (files, pipes, epoll...)",
-            str(_other_fds(first)),
-            str(_other_fds(start)),
-            str(_other_fds(end)),
-            change(_other_fds(start), _other_fds(end)),
-        ],
-        [
-            "threads",
-            str(first.threads),
-            str(start.threads),
-            str(end.threads),
-            change(start.threads, end.threads),
-        ],
-        [
-            "database connections (service)",
-            str(first.db_connections),
-            str(start.db_connections),
-            str(end.db_connections),
-            change(start.db_connections, end.db_connections),
-        ],
-    ]
-    print_table("Memory and descriptors", mheader, mrows)
-    out += ["### Memory and descriptors", "", _markdown(mheader, mrows), ""]
+        rows,
+    )
     series = ", ".join(
         f"{s.at:.0f}s {s.rss / 1024:.1f}" for s in sampler.samples if s.rss is not None
     )
     print(f"\nVmRSS every {SAMPLE_SECONDS:.0f} s (MiB): {series}")
-    fd_series = ", ".join(f"{s.fds} ({_other_fds(s)})" for s in sampler.samples)
+    fd_series = ", ".join(f"{s.fds} ({s.other_fds})" for s in sampler.samples)
     print(f"open descriptors every {SAMPLE_SECONDS:.0f} s (in brackets: not sockets): {fd_series}")
-    out += [
+    out.markdown += [
         f"VmRSS every {SAMPLE_SECONDS:.0f} s (MiB): {series}",
         "",
         f"Open descriptors every {SAMPLE_SECONDS:.0f} s (in brackets: not sockets): {fd_series}",
         "",
     ]
 
-    # sockets
-    c = list(checks.values())
+
+def findings(
+    r: dict[str, Any], checks: list[dict], merged: dict, closes: Counter, codes: Counter
+) -> list[str]:
+    """The lines after the tables: errors, sockets, gauges, health, verify, book, log, cores."""
 
     def total(key: str) -> int:
-        return sum(x[key] for x in c)
+        return sum(x[key] for x in checks)
 
+    statuses: Counter[int] = Counter()
+    transport: Counter[str] = Counter()
+    for b in merged.values():
+        statuses.update(b.statuses)
+        transport.update(b.transport)
     price_updates = sum(len(res["price_positions"]) for res in r["results"].values())
-    closed_total = sum(closes_minute.values())
-    socket_line = (
+    failures = sum((Counter(x["reconnect_failures"]) for x in checks), Counter())
+    verify, (hstatus, hbody), book = r["verify"], r["health"], r["book"]
+    cores = r["sampler"].window(0, r["seconds"])
+    return [
+        f"non-2xx answers: {dict(statuses) or 'none'}; transport failures: "
+        f"{dict(transport) or 'none'}",
         f"sockets at the end: {total('open'):,} open of {total('sockets'):,}; closed by the "
-        f"server or lost: {closed_total} (codes {dict(close_codes) or 'none'}), reconnected "
-        f"{total('reconnects')} (failed attempts: "
-        f"{sum((Counter(x['reconnect_failures']) for x in c), Counter()) or 'none'}); messages "
+        f"server or lost: {sum(closes.values())} (codes {dict(codes) or 'none'}), reconnected "
+        f"{total('reconnects')} (failed attempts: {failures or 'none'}); messages "
         f"received {total('received'):,}; price updates of the run {price_updates:,}: missing "
         f"{total('missing_prices'):,} (on {total('sockets_missing_prices')} sockets), duplicate "
         f"{total('duplicate_prices')}, unknown {total('extra_prices')}; undecodable messages "
-        f"{total('malformed')}"
-    )
-    print("\n" + socket_line)
-    gauges = _metric(r["metrics"], "live_connections")
-    pool = _metric(r["metrics"], "db_pool_connections")
-    lag = _metric(r["metrics"], "live_feed_lag_events")
-    metric_line = (
-        f"/metrics after the load: live_connections {gauges}, db_pool_connections {pool}, "
-        f"live_feed_lag_events {lag}"
-    )
-    print(metric_line)
-    hstatus, hbody = r["health"]
-    health_line = f"/health after the load: {hstatus} {hbody.decode(errors='replace')[:400]}"
-    print(health_line)
-    verify = r["verify"]
-    verify_line = (
+        f"{total('malformed')}",
+        f"/metrics after the load: live_connections {_metric(r['metrics'], 'live_connections')}, "
+        f"db_pool_connections {_metric(r['metrics'], 'db_pool_connections')}, "
+        f"live_feed_lag_events {_metric(r['metrics'], 'live_feed_lag_events')}",
+        f"/health after the load: {hstatus} {hbody.decode(errors='replace')[:400]}",
         f"python -m api verify: exit {verify.returncode}; "
         + (verify.stdout.strip().splitlines() or ["(no output)"])[-1][:300]
-        + (f"; stderr: {verify.stderr.strip()[-300:]}" if verify.returncode else "")
-    )
-    print(verify_line)
-    book = r["book"]
-    book_line = (
+        + (f"; stderr: {verify.stderr.strip()[-300:]}" if verify.returncode else ""),
         f"log and book at the end: {book['events']:,} events, {book['positions']:,} positions "
         f"({book['open']:,} open); Redis stream length {r['stream_length']}; database "
-        f"connections of the service after the load {r['db_connections_after']}"
-    )
-    print(book_line)
-    log_line = f"service log lines by level: {dict(r['log_levels']) or 'none'}"
-    print(log_line)
-    for example in r["log_examples"][:5]:
-        print("  e.g.", example)
-    cores_line = (
+        f"connections of the service after the load {r['db_connections_after']}",
+        f"service log lines by level: {dict(r['log_levels']) or 'none'}",
         f"cores over the run: server {_cores(cores.get('server'))}, "
         f"database {_cores(cores.get('db'))}, "
         f"clients {_cores(cores.get('clients'))}, other processes {_cores(cores.get('other'))}, "
         f"machine {_cores(cores.get('machine'))}; load average before {r['load_before']}, "
-        f"at the end {end.load}"
-    )
-    print(cores_line)
+        f"at the end {r['end_sample'].load}",
+    ]
 
-    met = {
-        "errors": total_err == 0,
-        "growth": growth is not None and growth < GROWTH_TARGET_PCT,
-        "sockets": sum(closes_minute.values()) == 0
-        and sum(x["missing_prices"] + x["duplicate_prices"] for x in c) == 0,
-        "verify": verify.returncode == 0,
-    }
-    target_header = ["target", "value", "", ""]
-    target_rows = [
+
+def target_rows(
+    merged: dict, checks: list[dict], closes: Counter, growth: float | None, verify: int
+) -> tuple[list[list[str]], harness.Verdicts]:
+    """No error, RSS growth < 10 %, no socket closed and no price update lost, verify exits 0."""
+    n = sum(b.n for b in merged.values())
+    errors = sum(b.errors() for b in merged.values())
+    lost = sum(x["missing_prices"] + x["duplicate_prices"] for x in checks)
+    closed = sum(closes.values())
+    verdicts = harness.Verdicts()
+
+    def verdict(met: bool, name: str) -> str:
+        return verdicts(met, name, "**missed**")
+
+    rows = [
         [
             "error rate",
-            f"{(total_err / total_n * 100 if total_n else 0):.3f} % ({total_err} of {total_n:,})",
+            f"{(errors / n * 100 if n else 0):.3f} % ({errors} of {n:,})",
             "0",
-            "met" if met["errors"] else "**missed**",
+            verdict(errors == 0, "errors"),
         ],
         [
             "RSS growth, start -> end",
             "-" if growth is None else f"{growth:+.1f} %",
             f"< {GROWTH_TARGET_PCT:.0f} %",
-            "met" if met["growth"] else "**missed**",
+            verdict(growth is not None and growth < GROWTH_TARGET_PCT, "growth"),
         ],
         [
             "sockets closed; price updates missing or doubled",
-            f"{closed_total}; {total('missing_prices') + total('duplicate_prices')}",
+            f"{closed}; {lost}",
             "0; 0",
-            "met" if met["sockets"] else "**missed**",
+            verdict(closed == 0 and lost == 0, "sockets"),
         ],
         [
             "read models agree with the log (verify)",
-            f"exit {verify.returncode}",
+            f"exit {verify}",
             "0",
-            "met" if met["verify"] else "**missed**",
+            verdict(verify == 0, "verify"),
         ],
     ]
-    print_table("Targets", target_header, target_rows)
-    out += ["### Targets", "", _markdown(["target", "value", "target", ""], target_rows), ""]
-    out += [
-        "### Other findings",
-        "",
-        *(
-            f"- {line}"
-            for line in (
-                error_line,
-                socket_line,
-                metric_line,
-                health_line,
-                verify_line,
-                book_line,
-                log_line,
-                cores_line,
-            )
-        ),
-        "",
-    ]
+    return rows, verdicts
+
+
+def report(args: argparse.Namespace, **r: Any) -> int:
+    merged = _merge(r["results"])
+    sampler: Sampler = r["sampler"]
+    checks = list(r["checks"].values())
+    live: Counter[int] = Counter()  # messages per minute, over every socket
+    closes: Counter[int] = Counter()  # sockets closed per minute
+    codes: Counter[int] = Counter()
+    for check in checks:
+        for m, n in check["messages"].items():
+            live[int(m)] += n
+        for m, code in check["closes"]:
+            closes[m] += 1
+            codes[code] += 1
+    out = Report()
+    print_minutes(out, r, merged, live, closes)
+    print_kinds(out, merged)
+    lines = findings(r, checks, merged, closes, codes)
+    print("\n" + lines[0])
+    for sample in [s for res in r["results"].values() for s in res["samples"]][:5]:
+        print("  e.g.", sample)
+    start, end = sampler.at(r["warmup"]), r["end_sample"]
+    assert start is not None
+    print_memory(out, sampler, start, end)
+    print("\n" + lines[1])
+    print("\n".join(lines[2:7]))
+    for example in r["log_examples"][:5]:
+        print("  e.g.", example)
+    print(lines[7])
+    growth = (end.rss - start.rss) / start.rss * 100 if start.rss and end.rss else None
+    rows, verdicts = target_rows(merged, checks, closes, growth, r["verify"].returncode)
+    harness.print_table("Targets", ["target", "value", "", ""], rows)
+    out.markdown += ["### Targets", "", _markdown(["target", "value", "target", ""], rows), ""]
+    out.markdown += ["### Other findings", "", *(f"- {line}" for line in lines), ""]
     if args.markdown is not None:
-        args.markdown.write_text("\n".join(out))
+        args.markdown.write_text("\n".join(out.markdown))
         print(f"\nMarkdown tables: {args.markdown}")
-    return 0 if all(met.values()) or not args.strict else 1
+    return 0 if not verdicts.missed or not args.strict else 1
 
 
-def _other_fds(sample: Sample) -> int | None:
-    if sample.fds is None or sample.socket_fds is None:
-        return None
-    return sample.fds - sample.socket_fds
-
-
-def _mib(kib: int | None) -> str:
-    return "-" if kib is None else f"{kib / 1024:.1f}"
-
-
-def _cores(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+OPTIONS = """
+--minutes           float=10    minutes of load (default 10)
+--warmup-minutes    float=1     memory 'start' is sampled after this many minutes of load
+                                (default 1)
+--rate              float=200   HTTP requests/s in all (200)
+--price-rate        float=2     of which update-prices/s (default 2)
+--http-users        50          users making requests (50)
+--ws-users          100         users holding sockets (100)
+--sockets-per-user  10          default 10
+--ws-clients        2           socket processes (default 2)
+--http-clients      1           HTTP processes (default 1)
+--pool-size         10          the service's DB_POOL_SIZE (10)
+--max-overflow      10          DB_MAX_OVERFLOW (10)
+--seed              20261124    random seed
+--database          bench_soak  database to (re)create
+--keep              switch      keep the database and the logs
+--markdown          path        write the tables here too
+--strict            switch      exit 1 when a target is missed
+--wait-quiet        0.0         first wait until the 1-minute load average is below this
+                                (checked every 30 s)
+--wait-patience     float=900   ... for at most this many seconds (900)
+"""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.soak", description=(__doc__ or "").split("\n")[0]
-    )
-    parser.add_argument("--minutes", type=float, default=10, help="minutes of load (default 10)")
-    parser.add_argument(
-        "--warmup-minutes",
-        type=float,
-        default=1,
-        help="memory 'start' is sampled after this many minutes of load (default 1)",
-    )
-    parser.add_argument("--rate", type=float, default=200, help="HTTP requests/s in all (200)")
-    parser.add_argument(
-        "--price-rate", type=float, default=2, help="of which update-prices/s (default 2)"
-    )
-    parser.add_argument("--http-users", type=int, default=50, help="users making requests (50)")
-    parser.add_argument("--ws-users", type=int, default=100, help="users holding sockets (100)")
-    parser.add_argument("--sockets-per-user", type=int, default=10, help="default 10")
-    parser.add_argument("--ws-clients", type=int, default=2, help="socket processes (default 2)")
-    parser.add_argument("--http-clients", type=int, default=1, help="HTTP processes (default 1)")
-    parser.add_argument("--pool-size", type=int, default=10, help="the service's DB_POOL_SIZE (10)")
-    parser.add_argument("--max-overflow", type=int, default=10, help="DB_MAX_OVERFLOW (10)")
-    parser.add_argument("--seed", type=int, default=20261124, help="random seed")
-    parser.add_argument("--database", default="bench_soak", help="database to (re)create")
-    parser.add_argument("--keep", action="store_true", help="keep the database and the logs")
-    parser.add_argument("--markdown", type=Path, default=None, help="write the tables here too")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        help="first wait until the 1-minute load average is below this (checked every 30 s)",
-    )
-    parser.add_argument(
-        "--wait-patience", type=float, default=900, help="... for at most this many seconds (900)"
-    )
-    args = parser.parse_args(argv)
+    args, parser = harness.parse_options("python -m bench.soak", __doc__, OPTIONS, argv)
     if args.warmup_minutes >= args.minutes:
         parser.error("--warmup-minutes must be less than --minutes")
     return args
@@ -1730,14 +1419,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main(args))
-    return uvloop.run(main(args))
+    harness.raise_fd_limit()
+    return harness.run_main(main, args)
 
 
 if __name__ == "__main__":
