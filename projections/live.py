@@ -15,17 +15,16 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Generic, NamedTuple, TypeVar
+from typing import Generic, TypeVar
 
 import asyncpg
 import msgspec
 
 from domain.events import MarketPricesUpdated, event_from
-from domain.position import Position
 from domain.streams import MARKET_STREAM, position_id_of
 from eventstore import EventStore, LogPosition, RecordedEvent
 
-from .positions import PositionRow, advance
+from .positions import PositionRow, advance, priced
 from .queries import PositionView, position_view
 
 MarketPrice = tuple[Decimal, LogPosition]
@@ -35,25 +34,6 @@ _MARKET_PRICE = "SELECT price, tx_id, last_event FROM market_prices WHERE symbol
 
 _SEARCH_PAGE = 200
 """Market-price events read per step when looking back for a symbol's earlier price."""
-
-
-_PRICES = """
-SELECT position_price(status, own, own_tx, own_event, market, market_tx, market_event)
-FROM unnest($1::text[], $2::numeric[], $3::bigint[], $4::bigint[], $5::numeric[], $6::bigint[],
-            $7::bigint[])
-     WITH ORDINALITY AS r(status, own, own_tx, own_event, market, market_tx, market_event, n)
-ORDER BY n
-"""
-
-
-class _Unpriced(NamedTuple):
-    """A position's update before its price is worked out: its row's values then (the row itself
-    changes in place with the position's next event)."""
-
-    event: RecordedEvent
-    state: Position
-    marked_at: tuple[int | None, int | None]
-    market: MarketPrice | None
 
 
 class LiveUpdate(msgspec.Struct, frozen=True):
@@ -78,7 +58,7 @@ class LiveView:
 
     async def updates(self, events: Sequence[RecordedEvent]) -> list[LiveUpdate]:
         """The updates for `events`, the next ones of the log, in order."""
-        updates: list[LiveUpdate | _Unpriced] = []
+        updates = []
         for recorded in events:
             if recorded.stream_id == MARKET_STREAM:
                 prices = _prices_of(recorded)
@@ -88,40 +68,11 @@ class LiveView:
             elif (position_id := position_id_of(recorded.stream_id)) is not None:
                 row = await self._row_after(str(position_id), recorded)
                 market = await self._market_price(row.state.symbol, recorded.position)
-                marked_at = (row.mark_tx, row.mark_position)
-                updates.append(_Unpriced(recorded, row.state, marked_at, market))
-        prices = iter(await self._priced([u for u in updates if isinstance(u, _Unpriced)]))
-        return [
-            LiveUpdate(
-                update.event,
-                position=position_view(
-                    {**msgspec.structs.asdict(update.state), "price": next(prices)}
-                ),
-            )
-            if isinstance(update, _Unpriced)
-            else update
-            for update in updates
-        ]
-
-    async def _priced(self, unpriced: list[_Unpriced]) -> list[Decimal | None]:
-        """Each position's price as the read model works it out: by the same SQL function, one
-        query for the whole batch."""
-        if not unpriced:
-            return []
-        columns = zip(
-            *(
-                (
-                    u.state.status,
-                    u.state.current_price,
-                    *u.marked_at,
-                    *((None, None, None) if u.market is None else (u.market[0], *u.market[1])),
+                view = position_view(
+                    {**msgspec.structs.asdict(row.state), "price": priced(row, market)}
                 )
-                for u in unpriced
-            ),
-            strict=True,
-        )
-        rows = await self._pool.fetch(_PRICES, *(list(column) for column in columns))
-        return [row[0] for row in rows]
+                updates.append(LiveUpdate(recorded, position=view))
+        return updates
 
     async def _row_after(self, key: str, recorded: RecordedEvent) -> PositionRow:
         row = self._rows.get(key)
