@@ -9,17 +9,9 @@ import pytest
 from openapi_spec_validator import validate
 from starlette.routing import Mount, Route
 
+from api import parameters
 from api.app import create_app
 from api.auth import AuthSettings
-from api.parameters import (
-    AuditQuery,
-    CloseQuery,
-    EventsQuery,
-    FillQuery,
-    PositionListQuery,
-    PositionQuery,
-    SummaryQuery,
-)
 
 from .conftest import Caller
 
@@ -148,13 +140,13 @@ def test_every_query_parameter_is_read_by_its_route_as_its_declared_type(
 
 def test_each_operation_documents_exactly_the_parameters_its_type_declares(spec: dict) -> None:
     declared = {
-        ("/positions", "get"): PositionListQuery,
-        ("/positions/{position_id}", "get"): PositionQuery,
-        ("/positions/{position_id}/open", "post"): FillQuery,
-        ("/positions/{position_id}/close", "post"): CloseQuery,
-        ("/portfolio/summary", "get"): SummaryQuery,
-        ("/audit/events", "get"): AuditQuery,
-        ("/events/stream", "get"): EventsQuery,
+        ("/positions", "get"): parameters.PositionListQuery,
+        ("/positions/{position_id}", "get"): parameters.PositionQuery,
+        ("/positions/{position_id}/open", "post"): parameters.FillQuery,
+        ("/positions/{position_id}/close", "post"): parameters.CloseQuery,
+        ("/portfolio/summary", "get"): parameters.SummaryQuery,
+        ("/audit/events", "get"): parameters.AuditQuery,
+        ("/events/stream", "get"): parameters.EventsQuery,
     }
     documented = {
         (path, method): [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
