@@ -38,7 +38,7 @@ from jwt.warnings import InsecureKeyLengthWarning
 from api.auth import Role
 
 from .conftest import SECRET, Caller, token
-from .support import assert_error, b64url
+from .support import assert_error, b64url, fresh_symbol
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -453,7 +453,8 @@ def test_a_user_lists_only_its_own_positions(user: Caller, other_user: Caller) -
 
 
 def test_a_users_summary_counts_only_its_own_book(user: Caller, other_user: Caller) -> None:
-    user.open(quantity=10, entry_price=100)
+    symbol = fresh_symbol()  # unpriced by the market: other tests post prices for common symbols
+    user.open(symbol=symbol, quantity=10, entry_price=100)
     other_user.open(symbol="MSFT", quantity=5, entry_price=300)
     other_user.open(symbol="TSLA", side="short", quantity=1, entry_price=50)
 
@@ -464,7 +465,7 @@ def test_a_users_summary_counts_only_its_own_book(user: Caller, other_user: Call
         assert summary["total_positions"] == 1
         assert summary["total_market_value"] == 1000
         assert summary["short_positions"] == 0
-        assert list(summary["by_symbol"]) == ["AAPL"]
+        assert list(summary["by_symbol"]) == [symbol]
 
 
 @pytest.mark.parametrize("path", ["/positions", "/portfolio/summary"])
