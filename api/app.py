@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import timedelta
 
 import asyncpg
@@ -23,19 +22,11 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from commands import (
-    AtomicFailure,
-    Metadata,
-    PositionHandlers,
-    PriceUpdate,
-    StalePosition,
-    TooMuchContention,
-)
-from domain.commands import OpenPosition
-from domain.errors import DomainError
+from commands import REFUSALS, CommandService, KeyReused, ReadBack
+from commands.idempotency import forget_expired
 from eventstore import EventStore
+from projections import queries
 from projections.positions import project_positions
-from projections.queries import PositionView
 
 from . import openapi
 from .access_log import AccessLog
@@ -44,7 +35,6 @@ from .config import Settings
 from .context import RequestContextMiddleware
 from .database import apply_migrations, create_pool, resolve_database_url
 from .errors import DATABASE_OUTAGES, ApiError, handle_error
-from .idempotency import forget_expired
 from .live import events_stream, websocket
 from .live.feed import Feed
 from .live.hub import Hub
@@ -53,7 +43,7 @@ from .proxies import ClientAddressMiddleware, TrustedProxies
 from .rate_limit import RateLimitMiddleware
 from .revocation import Revocations
 from .routes import audit, health, portfolio, positions, tokens
-from .transactions import GroupCommit
+from .services import CommandObserver, Services
 
 log = logging.getLogger(__name__)
 
@@ -61,26 +51,6 @@ HOUSEKEEPING_INTERVAL = 600  # seconds
 SHUTDOWN_WAIT_SECONDS = 5.0
 GOING_AWAY_SECONDS = 0.25
 """Time the live connections get to close with 1001 before uvicorn closes what is left."""
-
-
-@dataclass
-class Services:
-    settings: Settings
-    pool: asyncpg.Pool
-    store: EventStore
-    handlers: PositionHandlers
-    opens: GroupCommit[tuple[OpenPosition, Metadata], PositionView]
-    """New positions arriving together are recorded in one transaction."""
-    price_updates: GroupCommit[PriceUpdate, dict]
-    """Price updates arriving together are one append to the market stream."""
-    hub: Hub
-    feed: Feed
-    redis: aioredis.Redis | None
-    metrics: Metrics
-    revocations: Revocations
-    started_at: float
-    stopping: asyncio.Event
-    """Set when shutdown begins: /health/ready answers 503 so load balancers stop sending."""
 
 
 def create_app(settings: Settings | None = None, auth: AuthSettings | None = None) -> Starlette:
@@ -101,16 +71,12 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
         feed = Feed(hub, store, pool, redis, settings.redis_key_prefix)
         revocations = Revocations(pool, redis, settings.redis_key_prefix)
         revocations.on_revoked = hub.revoke
-        app.state.services = services = Services(
+        read_back = ReadBack(positions=queries.get_positions, open_positions=queries.count_open)
+        app.state.services = Services(
             settings=settings,
             pool=pool,
             store=store,
-            handlers=PositionHandlers(store),
-            opens=GroupCommit(lambda opens: positions.open_together(services, opens)),
-            # One writer: the market is one stream, and its appends queue on its lock anyway.
-            price_updates=GroupCommit(
-                lambda updates: positions.update_prices_together(services, updates), writers=1
-            ),
+            commands=CommandService(pool, store, read_back, CommandObserver(metrics)),
             hub=hub,
             feed=feed,
             redis=redis,
@@ -165,10 +131,8 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
                 ApiError,
                 AuthError,
                 HTTPException,
-                DomainError,
-                StalePosition,
-                TooMuchContention,
-                AtomicFailure,
+                KeyReused,
+                *REFUSALS,  # raised where no Reply renders them (queries, a refused request)
                 *DATABASE_OUTAGES,  # 503: inside the access log, which records the answer given
             )
         },

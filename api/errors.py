@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from commands import AtomicFailure, StalePosition, TooMuchContention
+from commands import AtomicFailure, KeyReused, StalePosition, TooMuchContention
 from domain.errors import (
     AlreadyClosed,
     DomainError,
@@ -93,6 +94,12 @@ def as_api_error(error: Exception) -> ApiError | None:
             return ApiError(409, str(error))
         case AtomicFailure():
             return ApiError(409, str(error))
+        case KeyReused():
+            return ApiError(
+                422,
+                str(error),
+                [{"loc": ["header", "Idempotency-Key"], "msg": "used for a different request"}],
+            )
         case AuthError():
             return ApiError(401, error.reason, headers={"WWW-Authenticate": "Bearer"})
         case HTTPException():
@@ -124,11 +131,28 @@ def error_response(request: Request, error: Exception) -> Response:
     if api_error is None:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
         api_error = ApiError(500, "internal error; quote the correlation id when reporting it")
-    return JSONResponse(
-        error_body(request, api_error.status, api_error.detail, api_error.errors),
-        status_code=api_error.status,
-        headers=api_error.headers,
-    )
+    body = error_body(request, api_error.status, api_error.detail, api_error.errors)
+    if isinstance(error, AtomicFailure):
+        body["failed"] = refusals_by_id(error.failures)
+    return JSONResponse(body, status_code=api_error.status, headers=api_error.headers)
+
+
+def refusals_by_id(refusals: dict[UUID, DomainError]) -> list[dict[str, Any]]:
+    """Each refused position with the status and reason it would have had on its own."""
+    answer = []
+    for position_id, refusal in refusals.items():
+        error = as_api_error(refusal)
+        if error is None:
+            raise refusal
+        answer.append(
+            {
+                "id": position_id,
+                "status": error.status,
+                "detail": error.detail,
+                **({"errors": error.errors} if error.errors else {}),
+            }
+        )
+    return answer
 
 
 async def handle_error(request: Request, error: Exception) -> Response:

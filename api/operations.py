@@ -20,7 +20,6 @@ from projections.runner import rebuild, verify
 from . import json
 from .config import Settings
 from .database import apply_migrations, resolve_database_url
-from .routes.audit import entry
 
 
 @asynccontextmanager
@@ -104,7 +103,7 @@ async def export_events(
     async with _store(settings) as (pool, store):
         cursor = None
         while batch := await audit.search(pool, store, criteria, after=cursor, limit=5000):
-            output.writelines(json.encode(entry(event)) + b"\n" for event in batch)
+            output.writelines(json.encode(audit.entry(event)) + b"\n" for event in batch)
             cursor = batch[-1].position
             count += len(batch)
             progress(count)

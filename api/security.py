@@ -7,6 +7,7 @@ from starlette.types import Scope
 
 from .auth import AuthError, Principal, Role, TokenVerifier
 from .errors import ApiError
+from .services import services_of
 
 READERS_OF_EVERYTHING = {Role.ADMIN, Role.SERVICE}
 POSITION_WRITERS = {Role.ADMIN, Role.USER}
@@ -39,7 +40,7 @@ def verified(scope: Scope, verifier: TokenVerifier) -> Principal | AuthError:
 
 def refuse_if_revoked(connection: HTTPConnection, principal: Principal) -> None:
     """A valid signature is not enough once an administrator has revoked the token's id."""
-    if connection.app.state.services.revocations.is_revoked(principal.token_id):
+    if services_of(connection).revocations.is_revoked(principal.token_id):
         raise AuthError("token revoked")
 
 

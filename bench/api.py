@@ -737,7 +737,7 @@ PROFILE_PLACES = [
     ("domain and command handlers (domain/, commands/)", ("domain/", "commands/")),
     (
         "route code, bodies, idempotency, errors (api/)",
-        ("api/routes/", "api/bodies.py", "api/idempotency.py", "api/errors.py"),
+        ("api/routes/", "api/bodies.py", "api/idempotency.py", "api/errors.py", "api/services.py"),
     ),
     ("correlation id and event metadata (api/context.py)", ("api/context.py",)),
     ("starlette (routing, middleware, request, response)", ("starlette/",)),

@@ -94,3 +94,29 @@ async def search(
         *arguments,
     )
     return [store.recorded(row) for row in rows]
+
+
+_METADATA = (
+    "actor",
+    "role",
+    "client_ip",
+    "user_agent",
+    "correlation_id",
+    "causation_id",
+    "idempotency_key",
+)
+
+
+def entry(event: RecordedEvent) -> dict[str, Any]:
+    """An event as auditors read it: what happened, to which stream, when, by whom, from where."""
+    return {
+        "position": event.global_position,
+        "stream_id": event.stream_id,
+        "version": event.stream_version,
+        "type": event.event_type,
+        "schema_version": event.schema_version,
+        "event_id": event.event_id,
+        "recorded_at": event.recorded_at,
+        "data": event.data,
+        **{name: event.metadata.get(name) for name in _METADATA},
+    }

@@ -21,6 +21,7 @@ from ..errors import ApiError
 from ..parameters import BIGGEST, EventsQuery
 from ..query import parse_query
 from ..security import READERS_OF_EVERYTHING, authenticate
+from ..services import services_of
 from .changes import Change
 from .hub import Hub, HubClosed, Revoked, Subscriber, TooSlow
 
@@ -30,7 +31,7 @@ KEEPALIVE_SECONDS = 15.0
 
 async def events_stream(request: Request) -> Response:
     principal = authenticate(request)
-    services = request.app.state.services
+    services = services_of(request)
     resume = request.headers.get("last-event-id")
     if resume is not None and (not resume.isdigit() or int(resume) > BIGGEST):
         raise ApiError(

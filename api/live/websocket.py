@@ -15,13 +15,14 @@ from typing import Any
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from eventstore import LogPosition, LogSnapshot, UnknownPosition
+from eventstore import EventStore, LogPosition, LogSnapshot, UnknownPosition
 from projections import queries
 
 from .. import json
 from ..auth import AuthError
 from ..query import BIGGEST
 from ..security import READERS_OF_EVERYTHING, refuse_if_revoked
+from ..services import Services, services_of
 from .changes import Change
 from .hub import Expired, HubClosed, Revoked, Subscriber, TooSlow
 
@@ -44,7 +45,7 @@ _CLOSE_CODES: dict[type[Exception], tuple[int, str]] = {
 
 
 async def positions_socket(websocket: WebSocket) -> None:
-    services = websocket.app.state.services
+    services = services_of(websocket)
     await websocket.accept()
     try:
         principal = websocket.app.state.verifier.verify(websocket.query_params.get("token", ""))
@@ -113,7 +114,7 @@ class _Sender:
         self.receiving = receiving
         """The handler's task, which waits for the client to leave."""
 
-    def start(self, services: Any, after: LogPosition | None) -> None:
+    def start(self, services: Services, after: LogPosition | None) -> None:
         """First the book (or, from `after`, the changes the hub passed before the subscriber
         joined), then each change as it comes."""
         self._after = after
@@ -134,7 +135,7 @@ class _Sender:
         self.stop()
         self.receiving.cancel()
 
-    async def _send(self, services: Any = None) -> None:
+    async def _send(self, services: Services | None = None) -> None:
         """Sends the changes queued, then ends. The first run (given the services) sends the
         book, or the backlog, before them."""
         try:
@@ -150,7 +151,7 @@ class _Sender:
         finally:
             self._task = None
 
-    async def _first(self, services: Any) -> None:
+    async def _first(self, services: Services) -> None:
         if self._after is None:
             snapshot, message = await _initial_data(services, self._subscriber.owner)
             # The snapshot sees every transaction below its xmax but those then running, and its
@@ -180,7 +181,7 @@ class _Sender:
         return True
 
 
-async def _after(store: Any, raw: str | None) -> LogPosition | None:
+async def _after(store: EventStore, raw: str | None) -> LogPosition | None:
     if raw is None:
         return None
     if not raw.isdigit() or int(raw) > BIGGEST:
@@ -191,7 +192,7 @@ async def _after(store: Any, raw: str | None) -> LogPosition | None:
         raise ValueError("no event has this position") from None
 
 
-async def _initial_data(services: Any, owner: str | None) -> tuple[LogSnapshot, str]:
+async def _initial_data(services: Services, owner: str | None) -> tuple[LogSnapshot, str]:
     """The caller's open and pending positions, and exactly which events they reflect."""
     async with (
         services.pool.acquire() as connection,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 from starlette.requests import Request
@@ -10,7 +9,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from domain.streams import position_stream
-from eventstore import RecordedEvent
 from projections import audit
 
 from ..as_of import settled
@@ -20,31 +18,7 @@ from ..json import JSONResponse
 from ..parameters import AuditQuery, decode_cursor, encode_cursor
 from ..query import parse_query
 from ..security import READERS_OF_EVERYTHING, authenticate, require
-
-_METADATA = (
-    "actor",
-    "role",
-    "client_ip",
-    "user_agent",
-    "correlation_id",
-    "causation_id",
-    "idempotency_key",
-)
-
-
-def entry(event: RecordedEvent) -> dict[str, Any]:
-    """An event as auditors read it: what happened, to which stream, when, by whom, from where."""
-    return {
-        "position": event.global_position,
-        "stream_id": event.stream_id,
-        "version": event.stream_version,
-        "type": event.event_type,
-        "schema_version": event.schema_version,
-        "event_id": event.event_id,
-        "recorded_at": event.recorded_at,
-        "data": event.data,
-        **{name: event.metadata.get(name) for name in _METADATA},
-    }
+from ..services import services_of
 
 
 async def position_history(request: Request) -> Response:
@@ -53,13 +27,13 @@ async def position_history(request: Request) -> Response:
         position_id = UUID(request.path_params["position_id"])
     except ValueError:
         raise ApiError(404, "position not found") from None
-    store = request.app.state.services.store
+    store = services_of(request).store
     events = await store.read_stream(position_stream(position_id))
     # Whose position it is never changes: its first event says. Deleted positions keep their past.
     mine = bool(events) and events[0].data.get("owner") == principal.subject
     if not events or not (mine or principal.role in READERS_OF_EVERYTHING):
         raise ApiError(404, "position not found")
-    return JSONResponse([entry(event) for event in events])
+    return JSONResponse([audit.entry(event) for event in events])
 
 
 async def audit_events(request: Request) -> Response:
@@ -79,7 +53,7 @@ async def audit_events(request: Request) -> Response:
     )
     limit = query.limit
     cursor = None if query.cursor is None else decode_cursor(query.cursor)
-    services = request.app.state.services
+    services = services_of(request)
     await settled(services.store)
     # One more than asked: whether there is a next page.
     events = await audit.search(
@@ -89,7 +63,7 @@ async def audit_events(request: Request) -> Response:
     more = len(events) > limit
     return JSONResponse(
         {
-            "events": [entry(event) for event in page],
+            "events": [audit.entry(event) for event in page],
             "next_cursor": encode_cursor(page[-1].position) if more else None,
         }
     )

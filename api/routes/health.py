@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +22,7 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..json import JSONResponse
+from ..services import Services, services_of
 
 PROBE_SECONDS = 2.0
 """A dependency that has not answered by then counts as unreachable."""
@@ -28,7 +30,7 @@ LAG_DEGRADED = 1000
 """Events the live feed may trail the log by before the service calls itself degraded."""
 
 
-async def _timed(probe: Any) -> dict[str, Any]:
+async def _timed(probe: Awaitable[Any]) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         async with asyncio.timeout(PROBE_SECONDS):
@@ -41,7 +43,7 @@ async def _timed(probe: Any) -> dict[str, Any]:
 SERVICE_NAME = "position-service"
 
 
-async def _live_feed_lag(services: Any) -> int | None:
+async def _live_feed_lag(services: Services) -> int | None:
     try:
         async with asyncio.timeout(PROBE_SECONDS):
             return await services.store.count_after(services.hub.cursor)
@@ -50,7 +52,7 @@ async def _live_feed_lag(services: Any) -> int | None:
 
 
 async def health(request: Request) -> Response:
-    services = request.app.state.services
+    services = services_of(request)
     database = await _timed(services.pool.fetchval("SELECT 1"))
     redis: dict[str, Any] = {"configured": services.redis is not None}
     if services.redis is not None:
@@ -86,7 +88,7 @@ async def live(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    services = request.app.state.services
+    services = services_of(request)
     if services.stopping.is_set():
         return JSONResponse({"status": "stopping"}, status_code=503)
     database = await _timed(services.pool.fetchval("SELECT 1"))
@@ -96,7 +98,7 @@ async def ready(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    services = request.app.state.services
+    services = services_of(request)
     services.metrics.observe_pool(services.pool)
     lag = await _live_feed_lag(services)
     if lag is not None:

@@ -16,13 +16,14 @@ from ..json import JSONResponse
 from ..parameters import SummaryQuery
 from ..query import parse_query
 from ..security import authenticate, visible_owner
+from ..services import services_of
 
 
 async def summary(request: Request) -> Response:
     principal = authenticate(request)
     query = parse_query(request, SummaryQuery)
     owner, point = visible_owner(principal, query.owner), query.point
-    services = request.app.state.services
+    services = services_of(request)
     proximity = services.settings.risk_stop_proximity_pct
     if point is None:
         figures = await queries.portfolio_summary(services.pool, owner, proximity)

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-import asyncpg
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from commands import AtomicFailure, Metadata, Outcome, PositionHandlers, PriceUpdate
+from commands import PricesRecorded, PriceUpdate, Reply
 from domain.commands import (
     AmendPosition,
     ClosePosition,
+    Command,
     DeletePosition,
     FillPosition,
     IncreasePosition,
@@ -43,8 +44,8 @@ from ..bodies import (
     read_body,
 )
 from ..context import event_metadata
-from ..errors import ApiError, as_api_error, error_body, field_errors
-from ..idempotency import run_command
+from ..errors import ApiError, error_response, field_errors, refusals_by_id
+from ..idempotency import as_response, idempotency_key
 from ..json import JSONResponse
 from ..parameters import CloseQuery, FillQuery, PositionListQuery, PositionQuery
 from ..query import parse_query
@@ -56,16 +57,12 @@ from ..security import (
     require,
     visible_owner,
 )
-from ..transactions import GroupWriteFailed, shared_transaction
+from ..services import services_of
 from . import resource
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _services(request: Request) -> Any:
-    return request.app.state.services
 
 
 def _owned_by(principal: Principal) -> str | None:
@@ -105,7 +102,7 @@ async def list_positions(request: Request) -> Response:
         side=query.side,
     )
     limit, offset, point = query.limit, query.offset, query.point
-    services = _services(request)
+    services = services_of(request)
     if point is None:
         views, total = await queries.list_positions(services.pool, where, limit, offset)
         return JSONResponse(views, headers={"X-Total-Count": str(total)})
@@ -121,7 +118,7 @@ async def get_position(request: Request) -> Response:
     position_id = _position_id(request)
     owner = None if principal.role in READERS_OF_EVERYTHING else principal.subject
     point = parse_query(request, PositionQuery).point
-    services = _services(request)
+    services = services_of(request)
     if point is None:
         return _position_response(await queries.get_position(services.pool, position_id, owner))
     at = await log_position(point, services.store)
@@ -133,47 +130,43 @@ async def get_position(request: Request) -> Response:
 # -- commands ------------------------------------------------------------------------------------
 
 
-async def _command(
+def _reply(
+    request: Request, render: Callable[[Any], Response], location: str = "body"
+) -> Reply[Any]:
+    """Render a command's result, or its refusal; `location` says where the command's fields
+    came from, for the `loc` of a refusal."""
+
+    def refuse(refusal: Exception) -> Response:
+        if isinstance(refusal, InvalidCommand):
+            refusal = ApiError(422, "validation failed", field_errors(refusal.errors, location))
+        return error_response(request, refusal)
+
+    return Reply(render, refuse)
+
+
+async def _change(
     request: Request,
     principal: Principal,
     body: bytes,
     position_id: UUID,
-    command: Any,
-    *,
-    status: int = 200,
-    expected_version: int | None = None,
+    command: Command,
     location: str = "body",
 ) -> Response:
-    """Run one position command and answer with the position as the command left it.
+    """Run one command on a position; answer with the position as it left it."""
 
-    `location` says where the command's fields came from, for the `loc` of a refusal.
-    """
-    handlers: PositionHandlers = _services(request).handlers
-    metadata = event_metadata(request, principal)
+    def render(view: queries.PositionView | None) -> Response:
+        return Response(status_code=204) if view is None else _position_response(view)
 
-    async def operation(connection: asyncpg.Connection) -> Response:
-        try:
-            outcome = await handlers.handle(
-                position_id,
-                command,
-                metadata,
-                expected_version=expected_version,
-                owner=_owned_by(principal),
-                connection=connection,
-            )
-        except InvalidCommand as refusal:
-            raise _invalid(refusal, location) from refusal
-        if outcome.state is not None and outcome.state.deleted:
-            return Response(status_code=204)
-        view = await queries.get_position(connection, position_id, None)
-        headers = {"Location": f"/positions/{position_id}"} if status == 201 else None
-        return _position_response(view, status, headers)
-
-    return await run_command(request, principal.subject, body, operation)
-
-
-def _invalid(refusal: InvalidCommand, location: str) -> ApiError:
-    return ApiError(422, "validation failed", field_errors(refusal.errors, location))
+    answer = await services_of(request).commands.change(
+        position_id,
+        command,
+        event_metadata(request, principal),
+        _reply(request, render, location),
+        idempotency_key(request, principal.subject, body),
+        expected_version=_if_match(request),
+        owner=_owned_by(principal),
+    )
+    return as_response(answer)
 
 
 async def create_position(request: Request) -> Response:
@@ -185,41 +178,24 @@ async def create_position(request: Request) -> Response:
         raise ApiError(403, "only an admin may open a position for another owner")
     fields = msgspec.structs.asdict(body)
     owner, status = fields.pop("owner"), fields.pop("status")
-    position_id = uuid.uuid4()
     command = OpenPosition(
         at=_now(),
-        position_id=position_id,
+        position_id=uuid.uuid4(),
         owner=owner or principal.subject,
         pending=status == "pending",
         **fields,
     )
-    if "idempotency-key" not in request.headers:  # a keyed request stores its answer: alone
-        metadata = event_metadata(request, principal)
-        try:
-            view = await _services(request).opens.submit((command, metadata))
-        except InvalidCommand as refusal:
-            raise _invalid(refusal, "body") from refusal
-        except GroupWriteFailed:
-            pass  # refused as a group (perhaps for another's command): this one alone, below
-        else:
-            return _position_response(view, 201, {"Location": f"/positions/{position_id}"})
-    return await _command(request, principal, raw, position_id, command, status=201)
 
+    def render(view: queries.PositionView) -> Response:
+        return _position_response(view, 201, {"Location": f"/positions/{view.id}"})
 
-async def open_together(
-    services: Any, opens: list[tuple[OpenPosition, Metadata]]
-) -> list[queries.PositionView | DomainError]:
-    """New positions of several requests, in one transaction (see GroupCommit)."""
-    correlation_ids = [metadata["correlation_id"] for _, metadata in opens]
-    async with shared_transaction(services, correlation_ids) as connection:
-        outcomes = await services.handlers.open_together(opens, connection=connection)
-        views = await queries.get_positions(
-            connection, [command.position_id for command, _ in opens]
-        )
-    return [
-        outcome if isinstance(outcome, DomainError) else views[command.position_id]
-        for (command, _), outcome in zip(opens, outcomes, strict=True)
-    ]
+    answer = await services_of(request).commands.open(
+        command,
+        event_metadata(request, principal),
+        _reply(request, render),
+        idempotency_key(request, principal.subject, raw),
+    )
+    return as_response(answer)
 
 
 def _if_match(request: Request) -> int | None:
@@ -244,9 +220,7 @@ async def _command_from_body(request: Request, body_type: type, command_type: ty
     raw = await read_body(request)
     body = parse_object(decode_object(raw), body_type)
     command = command_type(at=_now(), **msgspec.structs.asdict(body))
-    return await _command(
-        request, principal, raw, position_id, command, expected_version=_if_match(request)
-    )
+    return await _change(request, principal, raw, position_id, command)
 
 
 async def amend_position(request: Request) -> Response:
@@ -269,15 +243,7 @@ async def fill_position(request: Request) -> Response:
         if given is not None:
             price, location = given, "body"
     command = FillPosition(at=_now(), entry_price=price)
-    return await _command(
-        request,
-        principal,
-        raw,
-        position_id,
-        command,
-        expected_version=_if_match(request),
-        location=location,
-    )
+    return await _change(request, principal, raw, position_id, command, location)
 
 
 async def close_position(request: Request) -> Response:
@@ -287,31 +253,16 @@ async def close_position(request: Request) -> Response:
     query = parse_query(request, CloseQuery)
     exit_price, quantity = query.exit_price, query.quantity
     if exit_price is None:
-        exit_price = await queries.current_price(_services(request).pool, position_id)
+        exit_price = await queries.current_price(services_of(request).pool, position_id)
     command = ClosePosition(at=_now(), exit_price=exit_price, quantity=quantity)
-    return await _command(
-        request,
-        principal,
-        b"",
-        position_id,
-        command,
-        expected_version=_if_match(request),
-        location="query",
-    )
+    return await _change(request, principal, b"", position_id, command, "query")
 
 
 async def delete_position(request: Request) -> Response:
     principal = authenticate(request)
     require(principal, {Role.ADMIN})
     position_id = _position_id(request)
-    return await _command(
-        request,
-        principal,
-        b"",
-        position_id,
-        DeletePosition(at=_now()),
-        expected_version=_if_match(request),
-    )
+    return await _change(request, principal, b"", position_id, DeletePosition(at=_now()))
 
 
 async def bulk_update(request: Request) -> Response:
@@ -321,61 +272,22 @@ async def bulk_update(request: Request) -> Response:
     body = parse_object(decode_object(raw), BulkUpdateBody)
     updates = parse_object(body.updates, AmendPositionBody, "updates")
     command = AmendPosition(at=_now(), **msgspec.structs.asdict(updates))
-    ids = list(dict.fromkeys(body.position_ids))  # each position once, in the order given
-    handlers: PositionHandlers = _services(request).handlers
-    metadata = event_metadata(request, principal)
-    owner = _owned_by(principal)
+    ids = dict.fromkeys(body.position_ids)  # each position once, in the order given
 
-    async def operation(connection: asyncpg.Connection) -> Response:
-        if body.atomic:
-            try:
-                outcomes = await handlers.handle_atomically(
-                    [(i, command) for i in ids], metadata, owner=owner, connection=connection
-                )
-            except AtomicFailure as failure:
-                return JSONResponse(
-                    {
-                        **error_body(request, 409, str(failure)),
-                        "failed": _failures(failure.failures),
-                    },
-                    status_code=409,
-                )
-            results: dict[UUID, Outcome | Exception] = dict(zip(ids, outcomes, strict=True))
-        else:
-            results = await handlers.handle_each(
-                [(i, command) for i in ids], metadata, owner=owner, connection=connection
-            )
-        return await _bulk_answer(connection, results)
+    def render(results: dict[UUID, queries.PositionView | None | DomainError]) -> Response:
+        refused = {i: r for i, r in results.items() if isinstance(r, DomainError)}
+        updated = [r for r in results.values() if not isinstance(r, DomainError)]
+        return JSONResponse({"updated": updated, "failed": refusals_by_id(refused)})
 
-    return await run_command(request, principal.subject, raw, operation)
-
-
-def _failures(failures: dict[UUID, Exception]) -> list[dict[str, Any]]:
-    """Each refused id with the status and reason it would have had on its own."""
-    answer = []
-    for position_id, failure in failures.items():
-        error = as_api_error(failure)
-        if error is None:
-            raise failure
-        answer.append(
-            {
-                "id": position_id,
-                "status": error.status,
-                "detail": error.detail,
-                **({"errors": error.errors} if error.errors else {}),
-            }
-        )
-    return answer
-
-
-async def _bulk_answer(connection: asyncpg.Connection, results: dict[UUID, Any]) -> Response:
-    failures = {i: r for i, r in results.items() if isinstance(r, Exception)}
-    updated = [
-        await queries.get_position(connection, position_id, None)
-        for position_id, result in results.items()
-        if not isinstance(result, Exception)
-    ]
-    return JSONResponse({"updated": updated, "failed": _failures(failures)})
+    answer = await services_of(request).commands.change_each(
+        [(position_id, command) for position_id in ids],
+        event_metadata(request, principal),
+        _reply(request, render),
+        idempotency_key(request, principal.subject, raw),
+        atomic=body.atomic,
+        owner=_owned_by(principal),
+    )
+    return as_response(answer)
 
 
 async def update_prices(request: Request) -> Response:
@@ -396,55 +308,26 @@ async def update_prices(request: Request) -> Response:
             errors.append({"loc": ["body", symbol], "msg": "must be a number"})
     if errors:
         raise ApiError(422, "validation failed", errors)
-    services = _services(request)
+
+    def render(recorded: PricesRecorded) -> Response:
+        return JSONResponse(
+            {
+                "symbols": recorded.symbols,
+                "symbols_updated": recorded.symbols,  # the name clients of the original API read
+                "positions_updated": recorded.open_positions,
+                "position": recorded.log_position,
+            }
+        )
+
     update = PriceUpdate(
         UpdateMarketPrices(at=_now(), prices=prices),
         event_metadata(request, principal),
         uuid.uuid4(),
     )
-    if "idempotency-key" not in request.headers:  # a keyed request stores its answer: alone
-        try:
-            return JSONResponse(await services.price_updates.submit(update))
-        except GroupWriteFailed:
-            pass  # refused as a group: this one alone, below (its event id keeps it once)
-
-    async def operation(connection: asyncpg.Connection) -> Response:
-        [answer] = await _price_answers(services.handlers, connection, [update])
-        if isinstance(answer, DomainError):
-            raise answer
-        return JSONResponse(answer)
-
-    return await run_command(request, principal.subject, raw, operation)
-
-
-async def update_prices_together(
-    services: Any, updates: list[PriceUpdate]
-) -> list[dict[str, Any] | DomainError]:
-    """Price updates of several requests, in one transaction (see GroupCommit)."""
-    correlation_ids = [update.metadata["correlation_id"] for update in updates]
-    async with shared_transaction(services, correlation_ids) as connection:
-        return await _price_answers(services.handlers, connection, updates)
-
-
-async def _price_answers(
-    handlers: PositionHandlers, connection: asyncpg.Connection, updates: list[PriceUpdate]
-) -> list[dict[str, Any] | DomainError]:
-    results = await handlers.update_market_prices(updates, connection=connection)
-    recorded = [result for result in results if not isinstance(result, DomainError)]
-    open_positions = await queries.count_open(
-        connection, sorted({symbol for event in recorded for symbol in event.data["prices"]})
+    answer = await services_of(request).commands.update_prices(
+        update, _reply(request, render), idempotency_key(request, principal.subject, raw)
     )
-    return [
-        result
-        if isinstance(result, DomainError)
-        else {
-            "symbols": (symbols := sorted(result.data["prices"])),
-            "symbols_updated": symbols,  # the name clients of the original API read
-            "positions_updated": sum(open_positions.get(s, 0) for s in result.data["prices"]),
-            "position": result.global_position,
-        }
-        for result in results
-    ]
+    return as_response(answer)
 
 
 routes = [

@@ -15,6 +15,7 @@ from ..errors import ApiError
 from ..json import JSONResponse
 from ..query import in_range
 from ..security import authenticate, require
+from ..services import services_of
 
 UNKNOWN_EXPIRY = timedelta(days=30)
 """How long a revocation is kept when the caller does not say when the token expires."""
@@ -33,7 +34,7 @@ async def revoke_token(request: Request) -> Response:
         raise ApiError(422, "validation failed", problems)
     until = body.expires_at or datetime.now(UTC) + UNKNOWN_EXPIRY
     try:
-        await request.app.state.services.revocations.revoke(body.jti, until)
+        await services_of(request).revocations.revoke(body.jti, until)
     except (RedisError, OSError) as error:
         raise ApiError(503, "the revocation list cannot be reached; try again") from error
     return JSONResponse({"jti": body.jti, "revoked_until": until})

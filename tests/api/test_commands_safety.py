@@ -22,7 +22,7 @@ import asyncpg
 import httpx
 import pytest
 
-from api.idempotency import forget_expired
+from commands.idempotency import forget_expired
 from eventstore import create_pool
 
 from .conftest import Caller
@@ -177,7 +177,7 @@ def test_the_answer_to_a_close_racing_a_delete_always_agrees_with_the_log(
             assert recorded == ["PositionOpened", "PositionDeleted"]
 
 
-# -- concurrent creates (recorded together: api/transactions.py GroupCommit) --------------------
+# -- concurrent creates (recorded together: commands/group_commit.py) --------------------
 
 
 def test_concurrent_creates_each_open_their_own_position_with_their_own_metadata(

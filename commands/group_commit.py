@@ -1,49 +1,17 @@
-"""The transactions commands run in: one per request, or one shared by requests that queue.
-
-Whatever a command appends is counted in the metrics only once its transaction has committed, and
-subscribers are woken at once rather than at their next poll.
-"""
+"""Group commit: requests that arrive while earlier ones are being written share the next write."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
-from typing import Any, Generic, TypeVar
-
-import asyncpg
-
-from . import logs
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
-
-
-@asynccontextmanager
-async def command_transaction(services: Any) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection in a transaction, for commands."""
-    services.metrics.start_counting()
-    try:
-        async with services.pool.acquire() as connection, connection.transaction():
-            yield connection
-    finally:
-        services.store.committed()  # or rolled back: a needless wake-up costs one read
-    services.metrics.count_committed()  # only now: the transaction has committed
-
-
-@asynccontextmanager
-async def shared_transaction(
-    services: Any, correlation_ids: Sequence[str]
-) -> AsyncIterator[asyncpg.Connection]:
-    """A command transaction written for several requests at once (see GroupCommit)."""
-    # What is logged while writing belongs to every one of these requests.
-    logs.correlation_id.set(",".join(correlation_ids))
-    async with command_transaction(services) as connection:
-        yield connection
 
 
 class GroupWriteFailed(Exception):
@@ -52,7 +20,7 @@ class GroupWriteFailed(Exception):
 
 
 class GroupCommit(Generic[Item, Result]):
-    """Group commit: requests that arrive while earlier ones are being written share the next write.
+    """Items submitted while earlier ones are being written go together into the next write.
 
     A transaction costs round trips, a WAL flush and statements that cost about as much for fifty
     rows as for one; under load, writing whatever has queued in one transaction multiplies the

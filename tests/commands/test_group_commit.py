@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from api.transactions import GroupCommit, GroupWriteFailed
+from commands.group_commit import GroupCommit, GroupWriteFailed
 
 
 class Writes:
