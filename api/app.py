@@ -25,24 +25,22 @@ from starlette.middleware import Middleware
 from commands import REFUSALS, CommandService, KeyReused, ReadBack
 from commands.idempotency import forget_expired
 from eventstore import EventStore
+from live import Feed, Hub, LiveLog
 from projections import queries
 from projections.positions import project_positions
 
-from . import openapi
+from . import json, openapi
 from .access_log import AccessLog
 from .auth import AuthError, AuthSettings, TokenVerifier
 from .config import Settings
 from .context import RequestContextMiddleware
 from .database import apply_migrations, create_pool, resolve_database_url
 from .errors import DATABASE_OUTAGES, ApiError, handle_error
-from .live import events_stream, websocket
-from .live.feed import Feed
-from .live.hub import Hub
 from .metrics import Metrics, note_recorded
 from .proxies import ClientAddressMiddleware, TrustedProxies
 from .rate_limit import RateLimitMiddleware
 from .revocation import Revocations
-from .routes import audit, health, portfolio, positions, tokens
+from .routes import audit, events_stream, health, portfolio, positions, tokens, websocket
 from .services import CommandObserver, Services
 
 log = logging.getLogger(__name__)
@@ -67,8 +65,9 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
         # The positions read model is updated inside each append's transaction: a read after a
         # successful command always sees it.
         store = EventStore(pool, inline_projectors=[project_positions, note_recorded])
-        hub = Hub(store, pool, settings.live_queue_limit)
-        feed = Feed(hub, store, pool, redis, settings.redis_key_prefix)
+        hub = Hub(settings.live_queue_limit)
+        live_log = LiveLog(store, pool, json.encode)
+        feed = Feed(hub, live_log, store, redis, settings.redis_key_prefix)
         revocations = Revocations(pool, redis, settings.redis_key_prefix)
         revocations.on_revoked = hub.revoke
         read_back = ReadBack(positions=queries.get_positions, open_positions=queries.count_open)
@@ -78,6 +77,7 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
             store=store,
             commands=CommandService(pool, store, read_back, CommandObserver(metrics)),
             hub=hub,
+            live_log=live_log,
             feed=feed,
             redis=redis,
             metrics=metrics,

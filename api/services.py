@@ -12,12 +12,11 @@ from starlette.requests import HTTPConnection
 
 from commands import CommandService
 from eventstore import EventStore
+from live import Feed, Hub, LiveLog
 from projections.queries import PositionView
 
 from . import logs
 from .config import Settings
-from .live.feed import Feed
-from .live.hub import Hub
 from .metrics import Metrics
 from .revocation import Revocations
 
@@ -29,6 +28,7 @@ class Services:
     store: EventStore
     commands: CommandService[PositionView]
     hub: Hub
+    live_log: LiveLog
     feed: Feed
     redis: aioredis.Redis | None
     metrics: Metrics

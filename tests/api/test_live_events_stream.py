@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from api.auth import Role
+from api.routes import events_stream
 
 from .conftest import Caller, token
 from .support import assert_error, db_fetch, fresh_symbol
@@ -212,3 +213,25 @@ async def test_resuming_gives_every_later_event_exactly_once(
     assert notes == [str(n) for n in range(10)]
     ids = [e["id"] for e in first_two + rest]
     assert len(set(ids)) == 10
+
+
+async def test_a_quiet_stream_gets_keep_alives_and_then_its_events(
+    service_url: str, user: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Comment lines keep proxies from closing a quiet stream, and never stand in an event's way."""
+    monkeypatch.setattr(events_stream, "KEEPALIVE_SECONDS", 0.2)
+    position = user.open()
+    async with event_stream(service_url, token(user.subject), position_id=position["id"]) as stream:
+        lines = stream.response.aiter_lines()
+
+        async def until(wanted: str) -> None:
+            async for line in lines:
+                if line.startswith(wanted):
+                    return
+
+        await asyncio.wait_for(until("retry:"), TIMEOUT)
+        for _ in range(2):
+            await asyncio.wait_for(until(": keep-alive"), TIMEOUT)
+        await in_thread(lambda: user.http.put(f"/positions/{position['id']}", json={"notes": "k"}))
+        await asyncio.wait_for(until("event: NotesChanged"), TIMEOUT)
+        await asyncio.wait_for(until(": keep-alive"), TIMEOUT)

@@ -7,10 +7,10 @@ import uuid
 
 import asyncpg
 
-from api.live.feed import Feed
-from api.live.hub import Hub
+from api import json
 from commands import PositionHandlers
 from eventstore import EventStore
+from live import Feed, Hub, LiveLog
 from projections.positions import project_positions
 
 from ..domain.given import open_position
@@ -28,7 +28,7 @@ async def test_a_feed_nobody_listens_to_reads_no_event_yet_the_next_listener_mis
 ) -> None:
     store = EventStore(pool, inline_projectors=[project_positions], poll_interval=0.2)
     handlers = PositionHandlers(store)
-    hub = Hub(store, pool, queue_limit=100)
+    hub = Hub(queue_limit=100)
     read_back: list[object] = []
     reader = store._read_batch
 
@@ -37,7 +37,7 @@ async def test_a_feed_nobody_listens_to_reads_no_event_yet_the_next_listener_mis
         return await reader(*args, **kwargs)
 
     store._read_batch = counted  # type: ignore[method-assign]  # a spy on the real store
-    feeding = asyncio.create_task(Feed(hub, store, pool, None).run())
+    feeding = asyncio.create_task(Feed(hub, LiveLog(store, pool, json.encode), store, None).run())
     try:
         await random_workload(handlers, seed=7, steps=60)
         head = await store.head()
@@ -48,10 +48,13 @@ async def test_a_feed_nobody_listens_to_reads_no_event_yet_the_next_listener_mis
         await _until(at_head)
         unheard_reads = len(read_back)
         listener = hub.subscribe(None, lambda change: True)
+        arrived = asyncio.Event()
+        listener.on_change = arrived.set
         position_id = uuid.uuid4()
         command = open_position(position_id=position_id)
         await handlers.handle(position_id, command, {"actor": "ann"})
-        change = await asyncio.wait_for(listener.next(), 10)
+        await asyncio.wait_for(arrived.wait(), 10)
+        change = listener.take()
     finally:
         feeding.cancel()
         await asyncio.gather(feeding, return_exceptions=True)

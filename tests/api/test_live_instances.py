@@ -40,7 +40,7 @@ from websockets.exceptions import ConnectionClosed
 
 from api.auth import Role
 from api.config import PROJECT_ROOT
-from api.live.feed import Link
+from live.feed import Link
 
 from .conftest import SECRET, free_port, running_service, token
 from .support import fresh_symbol

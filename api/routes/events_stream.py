@@ -8,22 +8,21 @@ own positions (and market prices); admins and services follow everything.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
 
-from prometheus_client import Gauge
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from eventstore import LogPosition, UnknownPosition
+from live import Change, Delivery, HubClosed, Owed, Revoked, Subscriber, TooSlow
 
 from ..errors import ApiError
 from ..parameters import BIGGEST, EventsQuery
 from ..query import parse_query
 from ..security import READERS_OF_EVERYTHING, authenticate
-from ..services import services_of
-from .changes import Change
-from .hub import Hub, HubClosed, Revoked, Subscriber, TooSlow
+from ..services import Services, services_of
 
 KEEPALIVE_SECONDS = 15.0
 """A comment line this often keeps proxies from closing a quiet stream."""
@@ -69,33 +68,62 @@ async def events_stream(request: Request) -> Response:
     )
     if start is None:  # from now: after everything committed before the request
         start = max(subscriber.joined_at, await services.store.head())
-    return StreamingResponse(
-        _events(services.hub, subscriber, start, services.metrics.open_streams.labels("sse")),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return _EventStream(services, subscriber, start)
 
 
-async def _events(
-    hub: Hub, subscriber: Subscriber, after: LogPosition, open_streams: Gauge
-) -> AsyncIterator[bytes]:
-    open_streams.inc()
-    try:
-        yield b"retry: 1000\n\n"
-        async for change in hub.changes(subscriber, after, idle=KEEPALIVE_SECONDS):
-            if change is None:
-                yield b": keep-alive\n\n"
-                continue
-            yield b"id: %d\nevent: %s\ndata: %s\n\n" % (
-                change.global_position,
-                change.event_type.encode(),
-                change.event,
+class _EventStream(Response):
+    """The stream itself: written by the subscriber's Delivery, ended by its failure."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, services: Services, subscriber: Subscriber, after: LogPosition) -> None:
+        self._services, self._subscriber, self._after = services, subscriber, after
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services, subscriber = self._services, self._subscriber
+
+        async def write(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        async def begin() -> Owed:
+            await write(b"retry: 1000\n\n")
+            return Owed.after(self._after)
+
+        async def send_change(change: Change) -> None:
+            await write(
+                b"id: %d\nevent: %s\ndata: %s\n\n"
+                % (change.global_position, change.event_type.encode(), change.event)
             )
-    except (TooSlow, HubClosed, Revoked):
-        return  # the client reconnects with Last-Event-ID: it misses nothing, or is refused
-    finally:
-        hub.unsubscribe(subscriber)
-        open_streams.dec()
+
+        async def keep_alive() -> None:
+            await write(b": keep-alive\n\n")
+
+        async def until_client_leaves() -> None:
+            while True:
+                try:
+                    async with asyncio.timeout(KEEPALIVE_SECONDS):
+                        if (await receive())["type"] == "http.disconnect":
+                            return
+                except TimeoutError:
+                    delivery.when_idle(keep_alive)
+
+        open_streams = services.metrics.open_streams.labels("sse")
+        open_streams.inc()
+        delivery = Delivery(services.live_log, subscriber, send_change, gone=(OSError,))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            failure = await delivery.run(begin, until_client_leaves)
+        finally:
+            services.hub.unsubscribe(subscriber)
+            open_streams.dec()
+        if isinstance(failure, (TooSlow, HubClosed, Revoked)):
+            # The client reconnects with Last-Event-ID: it misses nothing, or is refused.
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        elif failure is not None:
+            raise failure
 
 
 routes = [Route("/events/stream", events_stream, methods=["GET"])]

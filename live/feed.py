@@ -16,15 +16,13 @@ import asyncio
 import logging
 from contextlib import aclosing, suppress
 
-import asyncpg
 import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import LockError, RedisError
 
 from eventstore import EventStore, LogPosition
-from projections.live import LiveView
 
-from .changes import Change, render
+from .changes import Change, LiveLog
 from .hub import Hub
 
 log = logging.getLogger(__name__)
@@ -56,8 +54,8 @@ class Feed:
     def __init__(
         self,
         hub: Hub,
+        log: LiveLog,
         store: EventStore,
-        pool: asyncpg.Pool,
         redis: aioredis.Redis | None,
         key_prefix: str = "positions",
     ) -> None:
@@ -65,8 +63,8 @@ class Feed:
         self._stream = f"{key_prefix}:live"
         self._lease_key = f"{key_prefix}:live:relay"
         self._hub = hub
+        self._log = log
         self._store = store
-        self._pool = pool
         self._redis = redis
         self.redis_reachable: bool | None = None if redis is None else True
 
@@ -112,27 +110,19 @@ class Feed:
                 self._hub.cursor = max(self._hub.cursor, head)
 
     async def _publish_while_heard(self) -> None:
-        """Publish every change until no one subscribes. A view made afresh loads what it needs
-        as of its first event, so nothing it cached while others wrote is used."""
-        view = LiveView(self._store, self._pool)
-        async with aclosing(self._store.subscribe(self._hub.cursor)) as events:
-            async for event in events:
+        """Publish every change until no one subscribes."""
+        async with aclosing(self._log.follow(self._hub.cursor)) as changes:
+            async for change in changes:
                 if not self._hub.has_subscribers:
-                    self._hub.cursor = event.position  # passed over: no one to tell
+                    self._hub.cursor = change.cursor  # passed over: no one to tell
                     return
-                for update in await view.updates([event]):
-                    self._hub.publish(render(update))
+                self._hub.publish(change)
 
     async def _catch_up(self, upto: LogPosition) -> None:
         """Publish from the log what lies between the hub's position and `upto` (inclusive)."""
-        view = LiveView(self._store, self._pool)
-        async with aclosing(self._store.read_all(self._hub.cursor, batch_size=500)) as batches:
-            async for batch in batches:
-                due = [event for event in batch if event.position <= upto]
-                for update in await view.updates(due):
-                    self._hub.publish(render(update))
-                if len(due) < len(batch):
-                    return
+        async with aclosing(self._log.read(self._hub.cursor, upto)) as changes:
+            async for change in changes:
+                self._hub.publish(change)
 
     # -- through Redis -----------------------------------------------------------------------
 
@@ -218,15 +208,12 @@ class Feed:
             relayed = _Relayed(await self._store.head())
         renewal = asyncio.create_task(self._renew_and_beat(lease, relayed))
         try:
-            view = LiveView(self._store, self._pool)
-            async with aclosing(self._store.subscribe(relayed.prev)) as events:
-                async for event in events:
+            async with aclosing(self._log.follow(relayed.prev)) as changes:
+                async for change in changes:
                     if renewal.done():
                         break
-                    for update in await view.updates([event]):
-                        change = render(update)
-                        await self._xadd(Link(relayed.prev, change))
-                        relayed.prev = change.cursor
+                    await self._xadd(Link(relayed.prev, change))
+                    relayed.prev = change.cursor
         finally:
             renewal.cancel()
         if renewal.done() and not renewal.cancelled() and (failure := renewal.exception()):

@@ -1,28 +1,21 @@
-"""The instance's live subscribers, and the changes each of them is owed.
+"""The instance's live subscribers: each change handed to the subscribers it concerns.
 
-The feed publishes every change, in log order, to the hub; the hub hands it to the subscribers it
-concerns. Each subscriber has a bounded queue: one that falls that far behind is dropped (its
-queue freed at once) and told so, instead of letting memory grow with a client that does not read.
-
-A subscriber that starts from an earlier position (a reconnect with `after=`) gets the events
-between there and the moment it joined from the log, then the changes queued since: nothing is
-missed in the handover, and nothing is sent twice.
+The feed publishes every change, in log order, to the hub; the hub only fans out. Each
+subscriber has a bounded queue: one that falls that far behind is dropped (its queue freed at
+once) and told so, instead of letting memory grow with a client that does not read. How a
+subscriber is consumed (its backlog first, what it is owed) is live/subscription.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import aclosing
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
-import asyncpg
+from eventstore import START, LogPosition
 
-from eventstore import START, EventStore, LogPosition
-from projections.live import LiveView
-
-from .changes import Change, render
+from .changes import Change
 
 Filter = Callable[[Change], bool]
 
@@ -50,7 +43,6 @@ class Subscriber:
         "_wants",
         "_limit",
         "_queue",
-        "_waiter",
         "failure",
         "on_change",
         "on_failure",
@@ -69,11 +61,9 @@ class Subscriber:
         self._limit = limit
         self._queue: deque[Change] | None = None
         """Made for the first change and dropped once empty: most subscribers are idle."""
-        self._waiter: asyncio.Future[None] | None = None
-        """Set while the subscriber waits for a change: fewer objects than an Event."""
         self.failure: Exception | None = None
         self.on_change: Callable[[], object] | None = None
-        """Called for each change queued: e.g. to start a sender that is not running."""
+        """Called for each change queued: to start a sender that is not running."""
         self.on_failure: Callable[[], object] | None = None
         """Called once on failure: e.g. to stop a sender that is stuck writing to a slow client."""
         self.until: datetime | None = None
@@ -94,20 +84,14 @@ class Subscriber:
             self.fail(TooSlow())
             return
         self._queue.append(change)
-        self._wake()
         if self.on_change is not None:
             self.on_change()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
     def fail(self, failure: Exception) -> None:
         if self.failure is not None:
             return
         self.failure = failure
         self._queue = None
-        self._wake()
         if self.on_failure is not None:
             self.on_failure()
 
@@ -120,26 +104,9 @@ class Subscriber:
             self._queue = None
         return change
 
-    async def next(self, idle: float | None = None) -> Change | None:
-        """The next change; None after `idle` seconds without one."""
-        while not self._queue and self.failure is None:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                async with asyncio.timeout(idle):  # not wait_for: see eventstore/store.py _wait
-                    await self._waiter
-            except TimeoutError:
-                return None
-            finally:
-                self._waiter = None
-        if self.failure is not None:
-            raise self.failure
-        return self.take()
-
 
 class Hub:
-    def __init__(self, store: EventStore, pool: asyncpg.Pool, queue_limit: int) -> None:
-        self._store = store
-        self._pool = pool
+    def __init__(self, queue_limit: int) -> None:
         self._queue_limit = queue_limit
         self.cursor: LogPosition = START
         """The last change published: where the feed goes on from."""
@@ -225,38 +192,3 @@ class Hub:
         """Ends every subscription: the service is going away."""
         for subscriber in [*self._everyone, *(s for g in self._by_owner.values() for s in g)]:
             subscriber.fail(HubClosed())
-
-    async def changes(
-        self,
-        subscriber: Subscriber,
-        after: LogPosition,
-        idle: float | None = None,
-    ) -> AsyncIterator[Change | None]:
-        """Every change after `after` that the subscriber wants, in log order, exactly once.
-
-        With `idle`, None comes after that many seconds without a change. Raises the subscriber's
-        failure (TooSlow when it fell too far behind).
-        """
-        async with aclosing(self.backlog(subscriber, after)) as backlog:
-            async for change in backlog:
-                yield change
-        while True:
-            change = await subscriber.next(idle)
-            if change is None or change.cursor > after:
-                yield change
-
-    async def backlog(self, subscriber: Subscriber, after: LogPosition) -> AsyncIterator[Change]:
-        """The changes after `after` that the subscriber wants and that the hub passed before it
-        joined (so they are not in its queue), from the log, in log order."""
-        if after >= subscriber.joined_at:
-            return
-        view = LiveView(self._store, self._pool)
-        async with aclosing(self._store.read_all(after, batch_size=500)) as batches:
-            async for batch in batches:
-                due = [event for event in batch if event.position <= subscriber.joined_at]
-                for update in await view.updates(due):
-                    change = render(update)
-                    if subscriber.accepts(change):
-                        yield change
-                if len(due) < len(batch):
-                    break
