@@ -17,16 +17,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from commands import AtomicFailure, KeyReused, StalePosition, TooMuchContention
-from domain.errors import (
-    AlreadyClosed,
-    DomainError,
-    InvalidCommand,
-    NoExitPrice,
-    NotOpen,
-    NotPending,
-    PositionAlreadyExists,
-    PositionNotFound,
-)
+from domain.errors import Conflict, DomainError, InvalidCommand, PositionNotFound
 
 from .auth import AuthError
 from .json import JSONResponse
@@ -69,16 +60,6 @@ def error_body(
     return body
 
 
-_DOMAIN_STATUS: dict[type[DomainError], int] = {
-    PositionNotFound: 404,
-    PositionAlreadyExists: 409,
-    AlreadyClosed: 409,
-    NotPending: 409,
-    NotOpen: 409,
-    NoExitPrice: 409,
-}
-
-
 def as_api_error(error: Exception) -> ApiError | None:
     """The HTTP meaning of a failure the service expects; None for a genuine fault."""
     match error:
@@ -86,8 +67,10 @@ def as_api_error(error: Exception) -> ApiError | None:
             return error
         case InvalidCommand():
             return ApiError(422, "validation failed", field_errors(error.errors))
-        case DomainError() if type(error) in _DOMAIN_STATUS:
-            return ApiError(_DOMAIN_STATUS[type(error)], str(error))
+        case PositionNotFound():
+            return ApiError(404, str(error))
+        case Conflict():
+            return ApiError(409, str(error))
         case StalePosition():
             return ApiError(412, str(error), headers={"ETag": f'"{error.actual}"'})
         case TooMuchContention():

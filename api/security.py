@@ -14,12 +14,15 @@ POSITION_WRITERS = {Role.ADMIN, Role.USER}
 PRICE_WRITERS = {Role.ADMIN, Role.SERVICE}
 
 
-def authenticate(connection: HTTPConnection) -> Principal:
+def authenticate(connection: HTTPConnection, roles: set[Role] | None = None) -> Principal:
+    """The caller, whose role must be one of `roles` (when given)."""
     result = verified(connection.scope, connection.app.state.verifier)
     if isinstance(result, AuthError):
         raise result
     refuse_if_revoked(connection, result)
     connection.scope["state"]["principal"] = result
+    if roles is not None:
+        require(result, roles)
     return result
 
 

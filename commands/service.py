@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Generic, NamedTuple, Protocol, TypeVar
 from uuid import UUID
 
@@ -30,7 +31,7 @@ from eventstore import EventStore
 from . import idempotency
 from .errors import StalePosition, TooMuchContention
 from .group_commit import GroupCommit, GroupWriteFailed
-from .handlers import AtomicFailure, Metadata, PositionHandlers, PriceUpdate
+from .handlers import AtomicFailure, Metadata, Outcome, PositionHandlers, PriceUpdate
 from .idempotency import Answer, IdempotencyKey
 
 View = TypeVar("View")
@@ -122,7 +123,10 @@ class CommandService(Generic[View]):
         return await self._grouped(
             self._opens,
             (command, metadata),
-            self._change_work(command.position_id, command, metadata),
+            self._then_read_back(
+                command.position_id,
+                partial(self._handlers.handle, command.position_id, command, metadata),
+            ),
             reply,
             key,
         )
@@ -143,8 +147,15 @@ class CommandService(Generic[View]):
         With `expected_version` the command is refused (StalePosition) rather than decided again
         when the position is at another version; with `owner`, only that owner's position is seen.
         """
-        work = self._change_work(position_id, command, metadata, expected_version, owner)
-        return await self._run(work, reply, key)
+        handle = partial(
+            self._handlers.handle,
+            position_id,
+            command,
+            metadata,
+            expected_version=expected_version,
+            owner=owner,
+        )
+        return await self._run(self._then_read_back(position_id, handle), reply, key)
 
     async def change_each(
         self,
@@ -192,23 +203,14 @@ class CommandService(Generic[View]):
         # Run again alone after a failed group write, its event id keeps it recorded once.
         return await self._grouped(self._price_updates, update, alone, reply, key)
 
-    def _change_work(
-        self,
-        position_id: UUID,
-        command: Command,
-        metadata: Metadata,
-        expected_version: int | None = None,
-        owner: str | None = None,
+    def _then_read_back(
+        self, position_id: UUID, handle: Callable[..., Awaitable[Outcome]]
     ) -> Work[View | None]:
+        """`handle(connection=...)` (a handlers.handle with its arguments bound), then the
+        position as it left it (None: deleted)."""
+
         async def work(connection: asyncpg.Connection) -> View | None:
-            outcome = await self._handlers.handle(
-                position_id,
-                command,
-                metadata,
-                expected_version=expected_version,
-                owner=owner,
-                connection=connection,
-            )
+            outcome = await handle(connection=connection)
             if outcome.state is not None and outcome.state.deleted:
                 return None
             return (await self._read_back.positions(connection, [position_id])).get(position_id)

@@ -28,26 +28,30 @@ class PositionNotFound(DomainError):
         super().__init__("position not found")
 
 
-class PositionAlreadyExists(DomainError):
+class Conflict(DomainError):
+    """The command does not fit the position's state (a caller's retry will not help)."""
+
+
+class PositionAlreadyExists(Conflict):
     def __init__(self) -> None:
         super().__init__("a position with this id exists already")
 
 
-class AlreadyClosed(DomainError):
+class AlreadyClosed(Conflict):
     def __init__(self) -> None:
         super().__init__("the position is closed")
 
 
-class NotPending(DomainError):
+class NotPending(Conflict):
     def __init__(self) -> None:
         super().__init__("only a pending position can be filled")
 
 
-class NotOpen(DomainError):
+class NotOpen(Conflict):
     def __init__(self) -> None:
         super().__init__("the position is not open")
 
 
-class NoExitPrice(DomainError):
+class NoExitPrice(Conflict):
     def __init__(self) -> None:
         super().__init__("no exit price given and no market price known")

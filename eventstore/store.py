@@ -528,22 +528,14 @@ class EventStore:
 
     def recorded(self, row: asyncpg.Record) -> RecordedEvent:
         """An events row selected with COLUMNS, upcast to its current schema."""
+        recorded = RecordedEvent(*row)  # the columns are selected in the struct's field order
         if not self._upcasters:
-            return RecordedEvent(*row)  # the columns are selected in the struct's field order
+            return recorded
         event_type, schema_version, data = self._upcasters.upcast(
-            row["event_type"], row["schema_version"], row["data"]
+            recorded.event_type, recorded.schema_version, recorded.data
         )
-        return RecordedEvent(
-            global_position=row["global_position"],
-            tx_id=row["tx_id"],
-            event_id=row["event_id"],
-            stream_id=row["stream_id"],
-            stream_version=row["stream_version"],
-            event_type=event_type,
-            schema_version=schema_version,
-            data=data,
-            metadata=row["metadata"],
-            recorded_at=row["recorded_at"],
+        return msgspec.structs.replace(
+            recorded, event_type=event_type, schema_version=schema_version, data=data
         )
 
 

@@ -68,25 +68,22 @@ async def search(
         if criteria.include_market:
             condition = f"({condition}) OR stream_id = {argument(MARKET_STREAM)}"
         clauses.append(f"({condition})")
-    if criteria.actor is not None:
-        clauses.append(f"metadata->>'actor' = {argument(criteria.actor)}")
-    if criteria.event_types is not None:
-        clauses.append(f"event_type = ANY ({argument(criteria.event_types)}::text[])")
-    if criteria.recorded_from is not None:
-        clauses.append(f"recorded_at >= {argument(criteria.recorded_from)}")
-    if criteria.recorded_to is not None:
-        clauses.append(f"recorded_at <= {argument(criteria.recorded_to)}")
-    if criteria.from_position is not None:
-        clauses.append(f"global_position >= {argument(criteria.from_position)}")
-    if criteria.to_position is not None:
-        clauses.append(f"global_position <= {argument(criteria.to_position)}")
-    beyond = "<" if criteria.newest_first else ">"
-    if after is not None:
-        tx, position = argument(after.tx_id), argument(after.global_position)
-        clauses.append(f"(tx_id, global_position) {beyond} ({tx}::xid8, {position}::bigint)")
-    if until is not None:
-        tx, position = argument(until.tx_id), argument(until.global_position)
-        clauses.append(f"(tx_id, global_position) <= ({tx}::xid8, {position}::bigint)")
+    for value, clause in (
+        (criteria.actor, "metadata->>'actor' = {}"),
+        (criteria.event_types, "event_type = ANY ({}::text[])"),
+        (criteria.recorded_from, "recorded_at >= {}"),
+        (criteria.recorded_to, "recorded_at <= {}"),
+        (criteria.from_position, "global_position >= {}"),
+        (criteria.to_position, "global_position <= {}"),
+    ):
+        if value is not None:
+            clauses.append(clause.format(argument(value)))
+    for bound, comparison in ((after, "<" if criteria.newest_first else ">"), (until, "<=")):
+        if bound is not None:
+            tx, position = argument(bound.tx_id), argument(bound.global_position)
+            clauses.append(
+                f"(tx_id, global_position) {comparison} ({tx}::xid8, {position}::bigint)"
+            )
     order = "DESC" if criteria.newest_first else "ASC"
     rows = await connection.fetch(
         f"SELECT {store.COLUMNS} FROM events WHERE {' AND '.join(clauses)} "

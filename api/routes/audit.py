@@ -17,7 +17,7 @@ from ..errors import ApiError
 from ..json import JSONResponse
 from ..parameters import AuditQuery, decode_cursor, encode_cursor
 from ..query import parse_query
-from ..security import READERS_OF_EVERYTHING, authenticate, require
+from ..security import READERS_OF_EVERYTHING, authenticate
 from ..services import services_of
 
 
@@ -37,8 +37,7 @@ async def position_history(request: Request) -> Response:
 
 
 async def audit_events(request: Request) -> Response:
-    principal = authenticate(request)
-    require(principal, {Role.ADMIN})
+    authenticate(request, {Role.ADMIN})
     query = parse_query(request, AuditQuery)
     criteria = audit.EventSearch(
         position_ids=query.position_id,

@@ -14,17 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from commands import PricesRecorded, PriceUpdate, Reply
-from domain.commands import (
-    AmendPosition,
-    ClosePosition,
-    Command,
-    DeletePosition,
-    FillPosition,
-    IncreasePosition,
-    OpenPosition,
-    UpdateMarketPrices,
-)
+from commands import IdempotencyKey, Metadata, PricesRecorded, PriceUpdate, Reply
+from domain import commands as cmd
 from domain.errors import DomainError, InvalidCommand
 from projections import queries
 from projections.as_of import read_models_at
@@ -54,7 +45,6 @@ from ..security import (
     PRICE_WRITERS,
     READERS_OF_EVERYTHING,
     authenticate,
-    require,
     visible_owner,
 )
 from ..services import services_of
@@ -130,18 +120,24 @@ async def get_position(request: Request) -> Response:
 # -- commands ------------------------------------------------------------------------------------
 
 
-def _reply(
-    request: Request, render: Callable[[Any], Response], location: str = "body"
-) -> Reply[Any]:
-    """Render a command's result, or its refusal; `location` says where the command's fields
-    came from, for the `loc` of a refusal."""
+def _command_args(
+    request: Request,
+    principal: Principal,
+    raw: bytes,
+    render: Callable[[Any], Response],
+    location: str = "body",
+) -> tuple[Metadata, Reply[Any], IdempotencyKey | None]:
+    """What the service takes with every command: who sent it (the events' metadata), how to
+    answer (render a result, or a refusal whose `loc` starts at `location`) and the request's
+    idempotency key."""
 
     def refuse(refusal: Exception) -> Response:
         if isinstance(refusal, InvalidCommand):
             refusal = ApiError(422, "validation failed", field_errors(refusal.errors, location))
         return error_response(request, refusal)
 
-    return Reply(render, refuse)
+    key = idempotency_key(request, principal.subject, raw)
+    return event_metadata(request, principal), Reply(render, refuse), key
 
 
 async def _change(
@@ -149,7 +145,7 @@ async def _change(
     principal: Principal,
     body: bytes,
     position_id: UUID,
-    command: Command,
+    command: cmd.Command,
     location: str = "body",
 ) -> Response:
     """Run one command on a position; answer with the position as it left it."""
@@ -160,9 +156,7 @@ async def _change(
     answer = await services_of(request).commands.change(
         position_id,
         command,
-        event_metadata(request, principal),
-        _reply(request, render, location),
-        idempotency_key(request, principal.subject, body),
+        *_command_args(request, principal, body, render, location),
         expected_version=_if_match(request),
         owner=_owned_by(principal),
     )
@@ -170,15 +164,14 @@ async def _change(
 
 
 async def create_position(request: Request) -> Response:
-    principal = authenticate(request)
-    require(principal, POSITION_WRITERS)
+    principal = authenticate(request, POSITION_WRITERS)
     raw = await read_body(request)
     body = parse_object(decode_object(raw), OpenPositionBody)
     if body.owner is not None and body.owner != principal.subject and principal.role != Role.ADMIN:
         raise ApiError(403, "only an admin may open a position for another owner")
     fields = msgspec.structs.asdict(body)
     owner, status = fields.pop("owner"), fields.pop("status")
-    command = OpenPosition(
+    command = cmd.OpenPosition(
         at=_now(),
         position_id=uuid.uuid4(),
         owner=owner or principal.subject,
@@ -190,10 +183,7 @@ async def create_position(request: Request) -> Response:
         return _position_response(view, 201, {"Location": f"/positions/{view.id}"})
 
     answer = await services_of(request).commands.open(
-        command,
-        event_metadata(request, principal),
-        _reply(request, render),
-        idempotency_key(request, principal.subject, raw),
+        command, *_command_args(request, principal, raw, render)
     )
     return as_response(answer)
 
@@ -214,8 +204,7 @@ def _if_match(request: Request) -> int | None:
 
 async def _command_from_body(request: Request, body_type: type, command_type: type) -> Response:
     """A command on a position whose fields are exactly those of the request's body."""
-    principal = authenticate(request)
-    require(principal, POSITION_WRITERS)
+    principal = authenticate(request, POSITION_WRITERS)
     position_id = _position_id(request)
     raw = await read_body(request)
     body = parse_object(decode_object(raw), body_type)
@@ -224,16 +213,15 @@ async def _command_from_body(request: Request, body_type: type, command_type: ty
 
 
 async def amend_position(request: Request) -> Response:
-    return await _command_from_body(request, AmendPositionBody, AmendPosition)
+    return await _command_from_body(request, AmendPositionBody, cmd.AmendPosition)
 
 
 async def increase_position(request: Request) -> Response:
-    return await _command_from_body(request, IncreasePositionBody, IncreasePosition)
+    return await _command_from_body(request, IncreasePositionBody, cmd.IncreasePosition)
 
 
 async def fill_position(request: Request) -> Response:
-    principal = authenticate(request)
-    require(principal, POSITION_WRITERS)
+    principal = authenticate(request, POSITION_WRITERS)
     position_id = _position_id(request)
     price = parse_query(request, FillQuery).entry_price
     location = "query"
@@ -242,36 +230,33 @@ async def fill_position(request: Request) -> Response:
         given = parse_object(decode_object(raw), FillPositionBody).entry_price
         if given is not None:
             price, location = given, "body"
-    command = FillPosition(at=_now(), entry_price=price)
+    command = cmd.FillPosition(at=_now(), entry_price=price)
     return await _change(request, principal, raw, position_id, command, location)
 
 
 async def close_position(request: Request) -> Response:
-    principal = authenticate(request)
-    require(principal, POSITION_WRITERS)
+    principal = authenticate(request, POSITION_WRITERS)
     position_id = _position_id(request)
     query = parse_query(request, CloseQuery)
     exit_price, quantity = query.exit_price, query.quantity
     if exit_price is None:
         exit_price = await queries.current_price(services_of(request).pool, position_id)
-    command = ClosePosition(at=_now(), exit_price=exit_price, quantity=quantity)
+    command = cmd.ClosePosition(at=_now(), exit_price=exit_price, quantity=quantity)
     return await _change(request, principal, b"", position_id, command, "query")
 
 
 async def delete_position(request: Request) -> Response:
-    principal = authenticate(request)
-    require(principal, {Role.ADMIN})
+    principal = authenticate(request, {Role.ADMIN})
     position_id = _position_id(request)
-    return await _change(request, principal, b"", position_id, DeletePosition(at=_now()))
+    return await _change(request, principal, b"", position_id, cmd.DeletePosition(at=_now()))
 
 
 async def bulk_update(request: Request) -> Response:
-    principal = authenticate(request)
-    require(principal, POSITION_WRITERS)
+    principal = authenticate(request, POSITION_WRITERS)
     raw = await read_body(request)
     body = parse_object(decode_object(raw), BulkUpdateBody)
     updates = parse_object(body.updates, AmendPositionBody, "updates")
-    command = AmendPosition(at=_now(), **msgspec.structs.asdict(updates))
+    command = cmd.AmendPosition(at=_now(), **msgspec.structs.asdict(updates))
     ids = dict.fromkeys(body.position_ids)  # each position once, in the order given
 
     def render(results: dict[UUID, queries.PositionView | None | DomainError]) -> Response:
@@ -281,9 +266,7 @@ async def bulk_update(request: Request) -> Response:
 
     answer = await services_of(request).commands.change_each(
         [(position_id, command) for position_id in ids],
-        event_metadata(request, principal),
-        _reply(request, render),
-        idempotency_key(request, principal.subject, raw),
+        *_command_args(request, principal, raw, render),
         atomic=body.atomic,
         owner=_owned_by(principal),
     )
@@ -291,8 +274,7 @@ async def bulk_update(request: Request) -> Response:
 
 
 async def update_prices(request: Request) -> Response:
-    principal = authenticate(request)
-    require(principal, PRICE_WRITERS)
+    principal = authenticate(request, PRICE_WRITERS)
     raw = await read_body(request)
     data = decode_object(raw)
     errors = []
@@ -319,14 +301,9 @@ async def update_prices(request: Request) -> Response:
             }
         )
 
-    update = PriceUpdate(
-        UpdateMarketPrices(at=_now(), prices=prices),
-        event_metadata(request, principal),
-        uuid.uuid4(),
-    )
-    answer = await services_of(request).commands.update_prices(
-        update, _reply(request, render), idempotency_key(request, principal.subject, raw)
-    )
+    metadata, reply, key = _command_args(request, principal, raw, render)
+    update = PriceUpdate(cmd.UpdateMarketPrices(at=_now(), prices=prices), metadata, uuid.uuid4())
+    answer = await services_of(request).commands.update_prices(update, reply, key)
     return as_response(answer)
 
 

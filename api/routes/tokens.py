@@ -14,7 +14,7 @@ from ..bodies import RevokeTokenBody, decode_object, parse_object, read_body
 from ..errors import ApiError
 from ..json import JSONResponse
 from ..query import in_range
-from ..security import authenticate, require
+from ..security import authenticate
 from ..services import services_of
 
 UNKNOWN_EXPIRY = timedelta(days=30)
@@ -22,8 +22,7 @@ UNKNOWN_EXPIRY = timedelta(days=30)
 
 
 async def revoke_token(request: Request) -> Response:
-    principal = authenticate(request)
-    require(principal, {Role.ADMIN})
+    authenticate(request, {Role.ADMIN})
     body = parse_object(decode_object(await read_body(request)), RevokeTokenBody)
     problems = []
     if not 0 < len(body.jti.strip()) <= 255:
