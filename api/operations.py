@@ -27,13 +27,8 @@ async def _store(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, EventS
     dsn = await resolve_database_url(settings)
     await apply_migrations(dsn)
     # One batch at a time: a few connections are plenty, and leave the service its own.
-    pool = await eventstore.create_pool(dsn, min_size=1, max_size=4)
-    store = EventStore(pool)
-    try:
-        yield pool, store
-    finally:
-        await store.close()
-        await pool.close()
+    async with eventstore.opened_store(dsn, min_size=1, max_size=4) as opened:
+        yield opened
 
 
 class _Progress:

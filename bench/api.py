@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -240,35 +241,25 @@ class Requests(harness.Sample):
         return ("!" if self.errors else "") + super().mark()
 
 
-@dataclass
-class WrkResult:
-    requests: int
-    seconds: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-
-
 async def run_wrk(
     url: str, script: Path, connections: int, threads: int, seconds: int
-) -> WrkResult:
+) -> tuple[int, float, float, float, int]:
+    """wrk's requests, seconds, p50 and p99 ms, and errors (socket, timeout, non-2xx/3xx)."""
     options = f"-t {min(threads, connections)} -c {connections} -d {seconds}s --timeout 10s"
     process = await asyncio.create_subprocess_exec(
-        "wrk",
-        *options.split(),
-        "-s",
-        str(script),
-        url,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        "wrk", *options.split(), "-s", str(script), url, stdout=PIPE, stderr=PIPE
     )
     out, err = await process.communicate()
     for line in out.decode().splitlines():
         if line.startswith("BENCH "):
             r = json.loads(line[6:])
-            errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
-            return WrkResult(
-                r["requests"], r["duration_us"] / 1e6, r["p50_us"] / 1e3, r["p99_us"] / 1e3, errors
+            errors = sum(r[k] for k in ("connect", "read", "write", "status", "timeout"))
+            return (
+                r["requests"],
+                r["duration_us"] / 1e6,
+                r["p50_us"] / 1e3,
+                r["p99_us"] / 1e3,
+                errors,
             )
     raise RuntimeError(f"wrk gave no result:\n{out.decode()}\n{err.decode()}")
 
@@ -345,55 +336,55 @@ def price_bodies() -> list[str]:
 
 def check_endpoints(bench: Bench, read_id: uuid.UUID) -> None:
     """One request of each kind before any load: the answers are what the phases assume."""
-    service, bare, tokens = bench.service.port, bench.bare.port, bench.tokens
-    count, prices, problems = bench.count, bench.bodies[1], []
+    n, prices, one = bench.count, json.loads(bench.bodies[1]), str(read_id)
 
-    def expect(ok: bool, what: str) -> None:
-        if not ok:
-            problems.append(what)
+    def marked(body: dict) -> bool:
+        shown, mark = body.get("current_price"), prices.get(body.get("symbol"))
+        return shown is not None and Decimal(str(shown)) == Decimal(str(mark))
 
-    def call(port: int, request: str, subject: str, body: str | None = None) -> tuple:
+    def totals(body: dict) -> tuple:
+        return tuple(
+            body.get(f) for f in ("total_positions", "open_positions", "unpriced_positions")
+        )
+
+    service, bare = bench.service.port, bench.bare.port
+    checks: list[tuple[int, str, str, str | None, Callable[[int, dict, Any], bool]]] = [
+        (service, "POST /positions", CREATOR, CREATE_BODY, lambda s, _, b: b["owner"] == CREATOR),
+        (service, f"GET /positions/{one}", WHALE, None, lambda s, _, b: b["id"] == one),
+        (
+            service,
+            "GET /positions?limit=100",
+            WHALE,
+            None,
+            lambda s, h, b: len(b) == 100 and h.get("x-total-count") == str(n),
+        ),
+        (
+            service,
+            "POST /positions/update-prices",
+            ADMIN,
+            bench.bodies[1],
+            lambda s, _, b: b["positions_updated"] == n,
+        ),
+        (service, f"GET /positions/{one}", WHALE, None, lambda s, _, b: marked(b)),
+        (service, "GET /portfolio/summary", WHALE, None, lambda s, _, b: totals(b) == (n, n, 0)),
+        (bare, "POST /bare/positions", CREATOR, CREATE_BODY, lambda s, _, b: s == 201),
+        (bare, f"GET /bare/positions/{one}", WHALE, None, lambda s, _, b: b["position_id"] == one),
+        (
+            bare,
+            f"GET /bare/positions?owner={WHALE}&limit=100",
+            WHALE,
+            None,
+            lambda *a: len(a[2]) == 100,
+        ),
+    ]
+    problems = []
+    for port, request, subject, body, expected in checks:
         method, path = request.split(" ", 1)
-        return harness.http_call(port, method, path, tokens[subject], body)[:3]
-
-    status, _, body = call(service, "POST /positions", CREATOR, CREATE_BODY)
-    expect(status == 201 and body.get("owner") == CREATOR, f"create answered {status}")
-    status, _, body = call(service, f"GET /positions/{read_id}", WHALE)
-    expect(status == 200 and body.get("id") == str(read_id), f"get answered {status}")
-    status, headers, body = call(service, "GET /positions?limit=100", WHALE)
-    total = headers.get("x-total-count")
-    expect(
-        status == 200 and len(body) == 100 and total == str(count),
-        f"list answered {status}, total {total}",
-    )
-    status, _, body = call(service, "POST /positions/update-prices", ADMIN, prices)
-    expect(
-        status == 200 and body.get("positions_updated") == count,
-        f"update-prices answered {status}: {body}",
-    )
-    status, _, body = call(service, f"GET /positions/{read_id}", WHALE)
-    marked = json.loads(prices).get(body.get("symbol")) if status == 200 else None
-    shown = body.get("current_price")
-    expect(
-        marked is not None and shown is not None and Decimal(str(shown)) == Decimal(str(marked)),
-        f"after update-prices the position shows {shown}, not {marked}",
-    )
-    status, _, body = call(service, "GET /portfolio/summary", WHALE)
-    expect(
-        status == 200
-        and body.get("total_positions") == count
-        and body.get("open_positions") == count
-        and body.get("unpriced_positions") == 0,
-        f"summary answered {status}",
-    )
-    status, _, body = call(bare, "POST /bare/positions", CREATOR, CREATE_BODY)
-    expect(status == 201, f"bare insert answered {status}")
-    status, _, body = call(bare, f"GET /bare/positions/{read_id}", WHALE)
-    expect(
-        status == 200 and body.get("position_id") == str(read_id), f"bare select answered {status}"
-    )
-    status, _, body = call(bare, f"GET /bare/positions?owner={WHALE}&limit=100", WHALE)
-    expect(status == 200 and len(body) == 100, f"bare list answered {status}")
+        status, headers, answer, _ = harness.http_call(
+            port, method, path, bench.tokens[subject], body
+        )
+        if status not in (200, 201) or not expected(status, headers, answer):
+            problems.append(f"{request} answered {status}: {str(answer)[:200]}")
     if problems:
         raise RuntimeError("the endpoints do not answer as expected: " + "; ".join(problems))
 
@@ -449,7 +440,7 @@ class Bench:
         path = phase.request.split(" ", 1)[1].replace("{id}", "x")
         return f"http://127.0.0.1:{self.server(phase).port}{path}"
 
-    async def wrk(self, phase: Phase, seconds: int) -> WrkResult:
+    async def wrk(self, phase: Phase, seconds: int) -> tuple[int, float, float, float, int]:
         script, conns = self.scripts[phase.key], phase.connections or self.args.connections
         return await run_wrk(self.url(phase), script, conns, self.args.threads, seconds)
 
@@ -469,12 +460,19 @@ class Bench:
                 if attempt == 2 or server.process.poll() is None:
                     raise
                 continue
-            if result.errors and server.process.poll() is not None and attempt == 1:
+            if result[-1] and server.process.poll() is not None and attempt == 1:
                 continue  # the server died under the load: measure the phase again
-            cores = self.meter.since(start)
-            r = result
-            return Requests(r.requests, r.seconds, cores, r.p50_ms, r.p99_ms, r.errors)
+            requests, wall, p50_ms, p99_ms, errors = result
+            return Requests(requests, wall, self.meter.since(start), p50_ms, p99_ms, errors)
         raise AssertionError("unreachable")
+
+    async def mark_prices(self, i: int) -> tuple:
+        """One update-prices call, with the i-th set of prices."""
+        return await asyncio.to_thread(
+            harness.http_call,
+            *(self.service.port, "POST", "/positions/update-prices", self.tokens[ADMIN]),
+            self.bodies[i % 2],
+        )
 
     async def update_prices(self, calls: int) -> list[float]:
         """update-prices, one call at a time: the wall time of each, the CPU over them all."""
@@ -484,14 +482,7 @@ class Bench:
         )
         times = []
         for i in range(calls):
-            status, _, body, elapsed = await asyncio.to_thread(
-                harness.http_call,
-                self.service.port,
-                "POST",
-                "/positions/update-prices",
-                self.tokens[ADMIN],
-                self.bodies[i % 2],
-            )
+            status, _, body, elapsed = await self.mark_prices(i)
             if status != 200 or body.get("positions_updated") != self.count:
                 raise RuntimeError(f"update-prices answered {status}: {body}")
             times.append(elapsed * 1e3)
@@ -812,19 +803,12 @@ async def profile(bench: Bench, seconds: int) -> None:
             process, out = await record(phase.key)
             result = await bench.wrk(phase, duration)
             await process.wait()
-            summarize_profile(phase.label, out, result.requests)
+            summarize_profile(phase.label, out, result[0])
 
     process, out = await record("prices")
     calls, deadline = 0, time.perf_counter() + duration
     while time.perf_counter() < deadline:
-        await asyncio.to_thread(
-            harness.http_call,
-            service.port,
-            "POST",
-            "/positions/update-prices",
-            bench.tokens[ADMIN],
-            bench.bodies[calls % 2],
-        )
+        await bench.mark_prices(calls)
         calls += 1
     await process.wait()
     summarize_profile("POST /positions/update-prices", out, calls)

@@ -1,8 +1,5 @@
 """Replay and rebuild benchmark: the whole log through the positions projector, beside a raw read.
-
-Events/s and CPU per event of a raw read, `store.read_all`, a replay (`rebuild_into`) and a
-rebuild of a generated log; the log, phases, checks and targets: BENCHMARKS.md, "Replay and
-rebuild".
+The generated log, phases, checks and targets: BENCHMARKS.md, "Replay and rebuild".
 
     python -m bench.replay [--events 1000000] [--rounds 3] [--keep] [--strict] [--reuse-pool]
                            [--profile [--py-spy PATH] [--profile-dir DIR]]
@@ -15,14 +12,14 @@ import asyncio
 import os
 import platform
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from itertools import accumulate
@@ -33,16 +30,7 @@ from uuid import UUID
 import asyncpg
 
 from bench import harness
-from domain.commands import (
-    AmendPosition,
-    ClosePosition,
-    Command,
-    DeletePosition,
-    FillPosition,
-    IncreasePosition,
-    OpenPosition,
-    UpdateMarketPrices,
-)
+from domain import commands
 from domain.errors import DomainError
 from domain.events import Event
 from domain.position import Position, decide, decide_market_prices, evolve
@@ -53,28 +41,33 @@ from eventstore import (
     NewEvent,
     StreamAppend,
     create_pool,
-    init_connection,
-    reset_checkpoint,
+    opened_store,
 )
+from eventstore.checkpoints import reset_checkpoint
+from eventstore.codec import init_connection
 from projections.runner import differing_rows, rebuild, rebuild_into
 
 BATCH = 1000  # the raw read's batch (catch_up's default)
 WRITE_BATCH = 5000  # events per atomic append while generating
-POOL_SIZE = 3  # the runner holds one connection and reads the log through another
+POOL = {"min_size": 3, "max_size": 3}  # the runner holds one connection, reads the log on another
 REPLAY_TARGET = 0.5
 REBUILD_SECONDS = 60.0  # for 1,000,000 events
+SCRATCH = "bench_replay"  # the schema a replay builds into
 
 RAW_READ = f"""
-SELECT {EventStore.COLUMNS}
-FROM events
-WHERE (tx_id, global_position) > ($1::xid8, $2::bigint)
-ORDER BY tx_id, global_position
-LIMIT $3
+SELECT {EventStore.COLUMNS} FROM events
+WHERE (tx_id, global_position) > ($1::xid8, $2::bigint) ORDER BY tx_id, global_position LIMIT $3
 """
 
 EXPECTED_SQL = """
 SELECT status, count(*) AS positions, sum(version) AS versions, sum(realized_pnl) AS pnl
 FROM positions GROUP BY status ORDER BY status
+"""
+
+# The projector reads the rows a batch changes by primary key; a sequential scan per batch
+# instead means its statement was planned without statistics (see BENCHMARKS.md).
+SEQ_SCANS = """
+SELECT seq_scan FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = 'positions'
 """
 
 PHASES = {
@@ -83,22 +76,17 @@ PHASES = {
     "replay": "replay: rebuild_into (fold in memory, COPY)",
     "rebuild": "rebuild: rebuild_into + swap, end to end",
 }
-SCRATCH = "bench_replay"  # the schema a replay builds into
 
 
 # -- the log ---------------------------------------------------------------------------------
 
 STRATEGIES = ["swing", "momentum", "carry", "mean-reversion", "breakout", "pairs", "earnings"]
 NOTES = [
-    "scaling in on weakness",
-    "earnings next week",
-    "hedge for the tech book",
-    "watch the 200-day average",
-    "reduce before the Fed",
-    "client order",
-    None,
+    *("scaling in on weakness", "earnings next week", "hedge for the tech book"),
+    *("watch the 200-day average", "reduce before the Fed", "client order", None),
 ]
 USER_AGENTS = ["desk-client/4.2.1", "python-httpx/0.28.1", "okhttp/4.12.0", "Mozilla/5.0"]
+FEED = dict(actor="price-feed", role="service", client_ip="10.0.0.7", user_agent="price-feed/1.8")
 # An open position's next event, when it is not its last: (what, weight).
 AMENDMENTS = dict(mark=30, stop=20, notes=12, target=6, strategy=4, increase=8, reduce=10)
 CENT = Decimal("0.01")
@@ -107,54 +95,33 @@ MILLI = Decimal("0.001")
 
 @dataclass
 class Live:
-    """A position still getting events: its state and how many events it has left."""
+    """A position: its state, how many events it has left, its index in the alive list."""
 
-    state: Position
+    position_id: UUID
+    state: Position | None
     left: int
     slot: int
 
 
-@dataclass
-class Tally:
-    """What the read model must hold at the end: per status, positions, versions, realized P&L."""
-
-    positions: Counter[str] = field(default_factory=Counter)
-    versions: Counter[str] = field(default_factory=Counter)
-    pnl: dict[str, Decimal] = field(default_factory=dict)
-    deleted: int = 0
-
-    def add(self, state: Position) -> None:
-        if state.deleted:
-            self.deleted += 1
-            return
-        self.positions[state.status] += 1
-        self.versions[state.status] += state.version
-        self.pnl[state.status] = self.pnl.get(state.status, Decimal(0)) + state.realized_pnl
-
-    def rows(self) -> list[tuple[str, int, int, Decimal]]:
-        return [
-            (s, self.positions[s], self.versions[s], self.pnl[s]) for s in sorted(self.positions)
-        ]
+def expected_rows(states: Iterable[Position]) -> list[tuple[str, int, int, Decimal]]:
+    """What the read model must hold: per status, positions, versions, realized P&L."""
+    rows: dict[str, tuple[int, int, Decimal]] = {}
+    for state in states:
+        if not state.deleted:
+            n, versions, pnl = rows.get(state.status, (0, 0, Decimal(0)))
+            rows[state.status] = (n + 1, versions + state.version, pnl + state.realized_pnl)
+    return [(status, *row) for status, row in sorted(rows.items())]
 
 
 class LogGenerator:
     """A realistic, valid log: commands decided by the domain on each position's folded state."""
 
     def __init__(
-        self,
-        events: int,
-        positions: int,
-        owners: int,
-        symbols: int,
-        active: int,
-        market_every: int,
-        seed: int = 20261124,
+        self, events: int, positions: int, owners: int, symbols: int, active: int, market_every: int
     ) -> None:
-        self.rng = rng = Random(seed)
-        self.total = events
-        self.positions = positions
+        self.rng = rng = Random(20261124)
+        self.total, self.positions, self.market_every = events, positions, market_every
         self.active_target = max(1, active)
-        self.market_every = market_every
         position_events = events - (events // market_every if market_every else 0)
         self.mean_life = max(2.0, position_events / max(1, positions))
         names: set[str] = set()
@@ -168,33 +135,17 @@ class LogGenerator:
         self.cents = {s: rng.randint(500, 60_000) for s in self.symbols}  # price in cents
         self.owners = [f"trader-{i:05d}" for i in range(owners)]
         self.owner_weights = list(accumulate(1 / (i + 1) ** 0.6 for i in range(owners)))
-        self.owner_meta = {
-            owner: {
-                "actor": owner,
-                "role": "user",
-                "client_ip": "10." + ".".join(str(rng.randint(1, 254)) for _ in range(3)),
-                "user_agent": rng.choice(USER_AGENTS),
-            }
-            for owner in self.owners
-        }
-        self.feed_meta = {
-            "actor": "price-feed",
-            "role": "service",
-            "client_ip": "10.0.0.7",
-            "user_agent": "price-feed/1.8",
-        }
-        self.amendments = list(AMENDMENTS)
+        self.owner_meta = {}
+        for owner in self.owners:
+            ip = "10." + ".".join(str(rng.randint(1, 254)) for _ in range(3))
+            agent = rng.choice(USER_AGENTS)
+            self.owner_meta[owner] = dict(actor=owner, role="user", client_ip=ip, user_agent=agent)
         self.amendment_weights = list(accumulate(AMENDMENTS.values()))
-        self.live: dict[UUID, Live] = {}
-        self.slots: list[UUID] = []
-        self.tally = Tally()
+        self.made: list[Live] = []  # every position, in the order opened
+        self.alive: list[Live] = []  # those still getting events
         self.types: Counter[str] = Counter()
-        self.emitted = 0
-        self.opened = 0
+        self.emitted = self.refused = self.market_version = 0
         self.clock = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
-        self.refused = 0
-
-    # -- helpers -------------------------------------------------------------------------------
 
     def _uuid(self) -> UUID:
         return UUID(int=self.rng.getrandbits(128), version=4)
@@ -214,28 +165,23 @@ class LogGenerator:
             return Decimal(rng.randint(1, 50_000)).scaleb(-3)
         return Decimal(rng.choice([1, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000]))
 
-    # -- commands ------------------------------------------------------------------------------
-
-    def _open(self) -> tuple[UUID, Command]:
+    def _open(self) -> commands.OpenPosition:
         rng = self.rng
         position_id = self._uuid()
         symbol = rng.choices(self.symbols, cum_weights=self.symbol_weights)[0]
         owner = rng.choices(self.owners, cum_weights=self.owner_weights)[0]
         side = "long" if rng.random() < 0.7 else "short"
-        price = self._price(symbol)
-        pending = rng.random() < 0.1
-        entry = (
-            self._level(price, rng.uniform(0.97, 1.0) if side == "long" else rng.uniform(1.0, 1.03))
-            if pending
-            else price
-        )
         sign = 1 if side == "long" else -1
-        stop = target = None
-        if rng.random() < 0.4:
-            stop = self._level(entry, 1 - sign * rng.uniform(0.02, 0.1))
-        if rng.random() < 0.3:
-            target = self._level(entry, 1 + sign * rng.uniform(0.03, 0.2))
-        return position_id, OpenPosition(
+        entry = price = self._price(symbol)
+        pending = rng.random() < 0.1
+        if pending:
+            fraction = rng.uniform(0.97, 1.0) if side == "long" else rng.uniform(1.0, 1.03)
+            entry = self._level(price, fraction)
+        stop = self._level(entry, 1 - sign * rng.uniform(0.02, 0.1)) if rng.random() < 0.4 else None
+        target = (
+            self._level(entry, 1 + sign * rng.uniform(0.03, 0.2)) if rng.random() < 0.3 else None
+        )
+        return commands.OpenPosition(
             at=self.clock,
             position_id=position_id,
             owner=owner,
@@ -250,169 +196,104 @@ class LogGenerator:
             pending=pending,
         )
 
-    def _next_command(self, live: Live) -> Command:
-        rng, state, at = self.rng, live.state, self.clock
+    def _next_command(self, live: Live, state: Position) -> commands.Command:
+        rng, at, amend = self.rng, self.clock, commands.AmendPosition
         price = self._price(state.symbol)
         if state.status == "pending":
             if rng.random() < 0.15:
                 live.left = 1
-                return ClosePosition(at=at, exit_price=None)  # a cancelled order
-            return FillPosition(at=at, entry_price=None if rng.random() < 0.5 else price)
+                return commands.ClosePosition(at=at, exit_price=None)  # a cancelled order
+            return commands.FillPosition(at=at, entry_price=None if rng.random() < 0.5 else price)
         if live.left == 1:  # its last event in this log
             roll = rng.random()
             if roll < 0.70:
-                return ClosePosition(at=at, exit_price=price)
+                return commands.ClosePosition(at=at, exit_price=price)
             if roll < 0.72:
-                return DeletePosition(at=at)
-            return AmendPosition(at=at, current_price=price)  # still open at the end
+                return commands.DeletePosition(at=at)
+            return amend(at=at, current_price=price)  # still open at the end
         sign = 1 if state.side == "long" else -1
-        what = rng.choices(self.amendments, cum_weights=self.amendment_weights)[0]
+        what = rng.choices(list(AMENDMENTS), cum_weights=self.amendment_weights)[0]
         if what == "stop":
             stop = self._level(state.entry_price, 1 - sign * rng.uniform(0.01, 0.1))
-            return AmendPosition(at=at, stop_loss=None if rng.random() < 0.05 else stop)
+            return amend(at=at, stop_loss=None if rng.random() < 0.05 else stop)
         if what == "target":
-            return AmendPosition(
-                at=at, take_profit=self._level(state.entry_price, 1 + sign * rng.uniform(0.02, 0.2))
-            )
-        if what == "notes":
-            return AmendPosition(at=at, notes=rng.choice(NOTES))
-        if what == "strategy":
-            return AmendPosition(at=at, strategy=rng.choice(STRATEGIES))
+            target = self._level(state.entry_price, 1 + sign * rng.uniform(0.02, 0.2))
+            return amend(at=at, take_profit=target)
+        if what in ("notes", "strategy"):
+            return amend(at=at, **{what: rng.choice(NOTES if what == "notes" else STRATEGIES)})
         if what == "increase":
-            return IncreasePosition(at=at, quantity=self._quantity(), price=price)
+            return commands.IncreasePosition(at=at, quantity=self._quantity(), price=price)
         if what == "reduce":
             part = (state.quantity * Decimal(rng.randint(1, 5)) / 10).quantize(MILLI, ROUND_DOWN)
             if 0 < part < state.quantity:
-                return ClosePosition(at=at, exit_price=price, quantity=part)
-        return AmendPosition(at=at, current_price=price)
+                return commands.ClosePosition(at=at, exit_price=price, quantity=part)
+        return amend(at=at, current_price=price)
 
-    def _decide(self, command: Command, state: Position | None, live: Live | None) -> list[Event]:
-        try:
-            events = decide(command, state)
-        except DomainError:
-            self.refused += 1
-            events = []
-        if len(events) != 1:  # refused, or a change to the value it has: a mark instead
-            assert live is not None and state is not None
-            events = decide(
-                AmendPosition(at=command.at, current_price=self._price(state.symbol)), state
-            )
-        return events
-
-    def _market(self) -> tuple[str, Event, dict]:
+    def _market(self) -> tuple[str, Event, dict, int]:
         rng = self.rng
         prices = {}
         for symbol in rng.sample(self.symbols, min(len(self.symbols), rng.randint(20, 100))):
             cents = self.cents[symbol]
-            cents = max(100, cents + round(cents * rng.gauss(0, 0.004)))
-            self.cents[symbol] = cents
-            prices[symbol] = Decimal(cents).scaleb(-2)
-        [event] = decide_market_prices(UpdateMarketPrices(at=self.clock, prices=prices))
-        return MARKET_STREAM, event, self._metadata(self.feed_meta)
+            self.cents[symbol] = max(100, cents + round(cents * rng.gauss(0, 0.004)))
+            prices[symbol] = self._price(symbol)
+        [event] = decide_market_prices(commands.UpdateMarketPrices(at=self.clock, prices=prices))
+        self.market_version += 1
+        return MARKET_STREAM, event, self._metadata(FEED), self.market_version - 1
 
     def _position_event(self) -> tuple[str, Event, dict, int]:
         """The next event of some position: (stream, event, metadata, version before it)."""
-        rng = self.rng
-        want_open = self.opened < self.positions and (
-            len(self.slots) < self.active_target and rng.random() < 0.5 or not self.slots
+        rng, alive = self.rng, self.alive
+        opening = len(self.made) < self.positions and (
+            len(alive) < self.active_target and rng.random() < 0.5 or not alive
         )
-        if want_open or not self.slots:
-            position_id, command = self._open()
-            [event] = decide(command, None)
-            state = evolve(None, event)
+        if opening or not alive:
+            command = self._open()
             life = max(2, round(rng.uniform(0.3, 1.7) * self.mean_life))
-            live = Live(state, life - 1, len(self.slots))
-            self.live[position_id] = live
-            self.slots.append(position_id)
-            self.opened += 1
-            return (
-                position_stream(position_id),
-                event,
-                self._metadata(self.owner_meta[state.owner]),
-                0,
-            )
-        position_id = self.slots[rng.randrange(len(self.slots))]
-        live = self.live[position_id]
+            live = Live(command.position_id, None, life, len(alive))
+            alive.append(live)
+            self.made.append(live)
+        else:
+            live = alive[rng.randrange(len(alive))]
+            assert live.state is not None
+            command = self._next_command(live, live.state)
         before = live.state
-        [event] = self._decide(self._next_command(live), before, live)
-        live.state = evolve(before, event)
+        try:
+            events = decide(command, before)
+        except DomainError:
+            self.refused, events = self.refused + 1, []
+        if len(events) != 1:  # refused, or a change to the value it has: a mark instead
+            assert before is not None
+            mark = commands.AmendPosition(at=self.clock, current_price=self._price(before.symbol))
+            events = decide(mark, before)
+        [event] = events
+        live.state = state = evolve(before, event)
         live.left -= 1
-        if live.left <= 0 or live.state.status == "closed" or live.state.deleted:
-            self._retire(position_id, live)
-        metadata = self._metadata(self.owner_meta[before.owner])
-        return position_stream(position_id), event, metadata, before.version
-
-    def _retire(self, position_id: UUID, live: Live) -> None:
-        last = self.slots.pop()
-        if last != position_id:
-            self.slots[live.slot] = last
-            self.live[last].slot = live.slot
-        del self.live[position_id]
-        self.tally.add(live.state)
-
-    # -- batches -------------------------------------------------------------------------------
+        if live.left <= 0 or state.status == "closed" or state.deleted:
+            last = alive.pop()  # the last one takes its place in the list
+            if last is not live:
+                alive[live.slot], last.slot = last, live.slot
+        metadata = self._metadata(self.owner_meta[state.owner])
+        return position_stream(live.position_id), event, metadata, before.version if before else 0
 
     def batches(self, size: int) -> Iterator[list[StreamAppend]]:
         """The log in atomic appends of `size` events (each stream once per append)."""
-        market_version = 0
         while self.emitted < self.total:
             streams: dict[str, tuple[int, list[NewEvent]]] = {}
             for _ in range(min(size, self.total - self.emitted)):
                 self.clock += timedelta(microseconds=self.rng.randint(1_000, 400_000))
                 self.emitted += 1
-                if self.market_every and self.emitted % self.market_every == 0:
-                    stream, event, metadata = self._market()
-                    before = market_version
-                    market_version += 1
-                else:
-                    stream, event, metadata, before = self._position_event()
+                market = self.market_every and self.emitted % self.market_every == 0
+                stream, event, metadata, before = (
+                    self._market if market else self._position_event
+                )()
                 name = type(event).__name__
                 self.types[name] += 1
-                new = NewEvent(
-                    event_id=self._uuid(),
-                    event_type=name,
-                    data=event,
-                    metadata=metadata,
-                    schema_version=event.SCHEMA_VERSION,
-                )
-                if stream in streams:
-                    streams[stream][1].append(new)
-                else:
-                    streams[stream] = (before, [new])
+                new = NewEvent(self._uuid(), name, event, metadata, event.SCHEMA_VERSION)
+                streams.setdefault(stream, (before, []))[1].append(new)
             yield [
-                StreamAppend(stream, events, before if before else ExpectedVersion.NO_STREAM)
+                StreamAppend(stream, events, before or ExpectedVersion.NO_STREAM)
                 for stream, (before, events) in streams.items()
             ]
-
-    def finish(self) -> Tally:
-        """The tally of every position, once the log is written."""
-        for live in self.live.values():
-            self.tally.add(live.state)
-        self.live.clear()
-        self.slots.clear()
-        return self.tally
-
-
-async def generate(store: EventStore, generator: LogGenerator) -> float:
-    """Append the generator's log; one append in flight while the next batch is being made."""
-    started = time.perf_counter()
-    pending: asyncio.Task | None = None
-    shown = started
-    for appends in generator.batches(WRITE_BATCH):
-        if pending is not None:
-            await pending
-        pending = asyncio.create_task(store.append_streams(appends))
-        await asyncio.sleep(0)  # let it send its statement before the next batch is made
-        if time.perf_counter() - shown > 10:
-            shown = time.perf_counter()
-            print(
-                f"  ... {generator.emitted:,} events "
-                f"({generator.emitted / (shown - started):,.0f}/s)",
-                flush=True,
-            )
-    if pending is not None:
-        await pending
-    return time.perf_counter() - started
 
 
 # -- measuring -------------------------------------------------------------------------------
@@ -431,8 +312,7 @@ async def raw_read(connection: asyncpg.Connection) -> int:
         count += len(rows)
         if len(rows) < BATCH:
             return count
-        last = rows[-1]
-        tx_id, global_position = last["tx_id"], last["global_position"]
+        tx_id, global_position = rows[-1]["tx_id"], rows[-1]["global_position"]
 
 
 async def store_read(store: EventStore) -> int:
@@ -440,18 +320,6 @@ async def store_read(store: EventStore) -> int:
     async for batch in store.read_all(batch_size=BATCH):
         count += len(batch)
     return count
-
-
-async def seq_scans(pool: asyncpg.Pool, schema: str) -> int | None:
-    """Sequential scans of `schema`.positions so far (the statistics lag by up to a second).
-
-    The projector reads the rows a batch changes by primary key; a sequential scan per batch
-    instead means its statement was planned without statistics (see BENCHMARKS.md).
-    """
-    return await pool.fetchval(
-        "SELECT seq_scan FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = 'positions'",
-        schema,
-    )
 
 
 async def drop_scratch(pool: asyncpg.Pool, schema: str) -> None:
@@ -467,11 +335,11 @@ class Phases:
         self.args, self.admin, self.dsn = args, admin, dsn
         self.meter = harness.CpuMeter()
         self.errors: list[str] = []
-        self.log_size = 0
 
     async def open(self, log_size: int) -> None:
         self.log_size = log_size
-        self.pool, self.store = await self._pool()
+        self.pool = await create_pool(self.dsn, **POOL)
+        self.store = EventStore(self.pool)
         self.raw = await asyncpg.connect(self.dsn)
         await init_connection(self.raw)  # the store's jsonb codec: msgspec, exact decimals
 
@@ -480,87 +348,65 @@ class Phases:
         await self.store.close()
         await self.pool.close()
 
-    async def _pool(self) -> tuple[asyncpg.Pool, EventStore]:
-        pool = await create_pool(self.dsn, min_size=POOL_SIZE, max_size=POOL_SIZE)
-        return pool, EventStore(pool)
-
-    async def measure(self, name: str, run: Callable[[], Awaitable[int]]) -> Replayed:
-        """From a CHECKPOINT, so that each phase starts from the same clean state; the CPU of
-        the backends there at the start (the pools are fixed-size). Checks it saw every event."""
-        await harness.checkpoint(self.admin)
-        backends = await harness.backend_pids(self.admin, self.args.database)
-        sample = await self.meter.measure(run, Replayed, server=backends)
+    async def phase(self, key: str, round_index: int = 0) -> Replayed:
+        """From a CHECKPOINT, so that each phase starts from the same clean state; the CPU of the
+        backends there at the start (the pools are fixed-size). A replay or a rebuild runs as
+        `python -m api rebuild` does: on a pool of its own (--reuse-pool: on the run's pool)."""
+        projector = key in ("replay", "rebuild")
+        own_pool = projector and not self.args.reuse_pool
+        pools = opened_store(self.dsn, **POOL) if own_pool else nullcontext((self.pool, self.store))
+        async with pools as (pool, store):
+            run = {
+                "raw": lambda: raw_read(self.raw),
+                "read": lambda: store_read(self.store),
+                "replay": lambda: rebuild_into(pool, store, SCRATCH),
+                "rebuild": lambda: rebuild(pool, store),
+            }[key]
+            await harness.checkpoint(self.admin)
+            backends = await harness.backend_pids(self.admin, self.args.database)
+            sample = await self.meter.measure(run, Replayed, server=backends)
         if sample.handled != self.log_size:
-            self.errors.append(f"{name} saw {sample.handled:,} events, not {self.log_size:,}")
-        return sample
-
-    async def projector(self, name: str, schema: str) -> Replayed:
-        """A replay or a rebuild as `python -m api rebuild` runs one: on a pool of its own
-        (with --reuse-pool, on the one pool of the whole run instead)."""
-        pool, store = (self.pool, self.store) if self.args.reuse_pool else await self._pool()
-
-        async def run() -> int:
-            if name == "replay":
-                return await rebuild_into(pool, store, SCRATCH)
-            return await rebuild(pool, store)
-
-        try:
-            sample = await self.measure(name, run)
-        finally:
-            if not self.args.reuse_pool:
-                await store.close()
-                await pool.close()
-        await asyncio.sleep(1.0)  # the backends' statistics are flushed every second
-        sample.seq_scans = await seq_scans(self.pool, schema)
-        return sample
-
-    async def phase(self, key: str, round_index: int) -> Replayed:
-        if key == "raw":
-            return await self.measure(key, lambda: raw_read(self.raw))
-        if key == "read":
-            return await self.measure(key, lambda: store_read(self.store))
-        sample = await self.projector("replay", SCRATCH)
-        if round_index < self.args.rounds - 1:
-            await drop_scratch(self.pool, SCRATCH)
+            self.errors.append(f"{key} saw {sample.handled:,} events, not {self.log_size:,}")
+        if projector:
+            await asyncio.sleep(1.0)  # the backends' statistics are flushed every second
+            schema = SCRATCH if key == "replay" else "public"
+            sample.seq_scans = await self.pool.fetchval(SEQ_SCANS, schema)
+        if key == "replay" and round_index < self.args.rounds - 1:
+            await drop_scratch(self.pool, SCRATCH)  # the last one is compared, below
         return sample
 
     async def run(self) -> dict[str, list[Replayed]]:
         # The live read model, once, unmeasured: the measured rebuilds then replace real tables.
         print("\nBuilding the live read model once (rebuild, not measured)...", flush=True)
-        first = await self.projector("rebuild", "public")
+        first = await self.phase("rebuild")
         print(f"  {first.handled:,} events in {first.seconds:.1f} s, {first.seq_scans} seq scans")
-        # Warm-up of the readers (statements prepared, pages cached).
-        await raw_read(self.raw)
+        await raw_read(self.raw)  # warm-up of the readers: statements prepared, pages cached
         await store_read(self.store)
-
         keys = ["raw", "read", "replay"]
 
         async def show(r: int, samples: dict[str, list[Replayed]]) -> None:
-            print(
-                harness.round_line(f"{r + 1}", (samples[k][-1] for k in keys), 12)
-                + f"  ({samples['replay'][-1].seq_scans} seq scans in the replay)",
-                flush=True,
-            )
+            if "rebuild" in samples:
+                s = samples["rebuild"][-1]
+                print(
+                    f"rebuild {r + 1}: {s.seconds:.1f} s ({s.rate:,.0f} events/s, "
+                    f"{s.seq_scans} seq scans of positions){s.mark()}",
+                    flush=True,
+                )
+            else:
+                line = harness.round_line(f"{r + 1}", (samples[k][-1] for k in keys), 12)
+                scans = samples["replay"][-1].seq_scans
+                print(f"{line}  ({scans} seq scans in the replay)", flush=True)
 
         print(f"\n{'round':<7}" + "".join(f"{key:>12} " for key in keys) + "  (events/s)")
         samples = await harness.alternate(self.args.rounds, keys, self.phase, show)
         # The last replay's tables must equal the live ones, which a rebuild made.
-        different = await differing_rows(self.pool, SCRATCH)
-        await drop_scratch(self.pool, SCRATCH)
-        for table, rows in different.items():
+        for table, rows in (await differing_rows(self.pool, SCRATCH)).items():
             if rows:
                 self.errors.append(
                     f"replay and live {table} differ in {len(rows)} rows, e.g. {rows[:3]}"
                 )
-        samples["rebuild"] = []
-        for r in range(self.args.rounds):
-            sample = await self.projector("rebuild", "public")
-            samples["rebuild"].append(sample)
-            print(
-                f"rebuild {r + 1}: {sample.seconds:.1f} s ({sample.rate:,.0f} events/s, "
-                f"{sample.seq_scans} seq scans of positions){sample.mark()}",
-                flush=True,
-            )
+        await drop_scratch(self.pool, SCRATCH)
+        samples |= await harness.alternate(self.args.rounds, ["rebuild"], self.phase, show)
         print(harness.DISTURBED_NOTE)
         return samples
 
@@ -568,35 +414,52 @@ class Phases:
 # -- profile (optional) ----------------------------------------------------------------------
 
 PROFILE_RATE = 200
-PROFILE_PLACES = [
-    (
-        "projector: fold (domain/position.py evolve, msgspec replace)",
-        ("domain/position.py", "domain/rules.py"),
-    ),
-    (
-        "projector: event decoding (domain/events.py event_from, msgspec.convert)",
-        ("domain/events.py",),
-    ),
-    ("projector: streams (domain/streams.py position_id_of, UUID)", ("domain/streams.py",)),
-    (
-        "projector: the rest of projections/positions.py (batch, load, flush)",
-        ("projections/positions.py",),
-    ),
-    ("runner (projections/runner.py)", ("projections/runner.py",)),
-    ("event store: reading, RecordedEvent (eventstore/)", ("eventstore/",)),
-    ("asyncpg, Python side", ("asyncpg/",)),
-    ("other Python (uuid, decimal, datetime, asyncio...)", ("",)),
+_PLACES = """
+domain/position.py domain/rules.py | projector: fold (domain/position.py evolve, msgspec replace)
+domain/events.py | projector: event decoding (domain/events.py event_from, msgspec.convert)
+domain/streams.py | projector: streams (domain/streams.py position_id_of, UUID)
+projections/positions.py | projector: the rest of projections/positions.py (batch, load, flush)
+projections/runner.py | runner (projections/runner.py)
+eventstore/ | event store: reading, RecordedEvent (eventstore/)
+asyncpg/ | asyncpg, Python side
+ | other Python (uuid, decimal, datetime, asyncio...)
+"""
+PROFILE_PLACES = [  # (label, files); the last, of no file, takes the other Python frames
+    (label, tuple(files.split()) or ("",))
+    for files, label in (row.split(" | ") for row in _PLACES.strip("\n").splitlines())
 ]
 _PASS_THROUGH = ("asyncio/", "uvloop/", "bench/replay.py", "<frozen runpy>", "runpy.py")
 _IN_LOOP = "C code called from the event loop (uvloop I/O, asyncpg protocol: rows, codecs)"
 _OWN_CODE = ("projections/", "domain/", "eventstore/")
 
 
-def summarize_profile(path: Path, events: int, seconds: float, top: int = 12) -> None:
-    if not path.exists() or not path.stat().st_size:
+async def profile_replay(args: argparse.Namespace, dsn: str, logs: Path, top: int = 12) -> None:
+    """One more replay, this process sampled by py-spy: where it spends its time."""
+    spy = harness.find_py_spy(args.py_spy)
+    if spy is None:
+        return
+    out = logs / "profile-replay.txt"
+    options = f"record --pid {os.getpid()} --rate {PROFILE_RATE} --nonblocking --format raw"
+    process = subprocess.Popen(
+        [spy, *options.split(), "--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    async with opened_store(dsn, **POOL) as (pool, store):  # as the replays
+        await asyncio.sleep(1.0)  # attached
+        started = time.perf_counter()
+        events = await rebuild_into(pool, store, "bench_profile")
+        seconds = time.perf_counter() - started
+        process.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+        _, err = process.communicate(timeout=60)
+        await drop_scratch(pool, "bench_profile")
+    if not out.exists():
+        print(f"\nprofile: py-spy failed: {err.decode(errors='replace')[-500:]}")
+        return
+    if not out.stat().st_size:
         print("\nprofile: py-spy wrote nothing")
         return
-    found = harness.Profile.read(path).tally(PROFILE_PLACES, _PASS_THROUGH, _IN_LOOP)
+    found = harness.Profile.read(out).tally(PROFILE_PLACES, _PASS_THROUGH, _IN_LOOP)
     if not found.total:
         print("\nprofile: no samples")
         return
@@ -606,10 +469,10 @@ def summarize_profile(path: Path, events: int, seconds: float, top: int = 12) ->
         own = [frame for frame in frames if any(p in frame for p in _OWN_CODE)]
         if own:
             lines[own[-1]] += n
-    total, busy = found.total, found.total / PROFILE_RATE
+    busy = found.total / PROFILE_RATE
     print(
         f"\nWhere this process spends a replay ({events:,} events in {seconds:.1f} s): py-spy "
-        f"record --nonblocking, {PROFILE_RATE}/s, {total:,} samples = {busy:.1f} s "
+        f"record --nonblocking, {PROFILE_RATE}/s, {found.total:,} samples = {busy:.1f} s "
         f"= {busy / events * 1e6:.1f} us/event of this process's time"
     )
     found.print_shares(
@@ -619,79 +482,61 @@ def summarize_profile(path: Path, events: int, seconds: float, top: int = 12) ->
     found.print_shares(found.leaves, top)
     print("  innermost lines of projections/, domain/, eventstore/ (inclusive time):")
     found.print_shares(lines, top)
-
-
-async def profile_replay(args: argparse.Namespace, dsn: str, logs: Path) -> None:
-    spy = harness.find_py_spy(args.py_spy)
-    if spy is None:
-        return
-    out = logs / "profile-replay.txt"
-    options = f"--pid {os.getpid()} --rate {PROFILE_RATE} --nonblocking --format raw --output"
-    process = subprocess.Popen(
-        [spy, "record", *options.split(), str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    pool = await create_pool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE)  # as the replays
-    store = EventStore(pool)
-    await asyncio.sleep(1.0)  # attached
-    started = time.perf_counter()
-    events = await rebuild_into(pool, store, "bench_profile")
-    seconds = time.perf_counter() - started
-    process.send_signal(signal.SIGINT)  # py-spy writes its output and exits
-    _, err = process.communicate(timeout=60)
-    await drop_scratch(pool, "bench_profile")
-    await store.close()
-    await pool.close()
-    if not out.exists():
-        print(f"\nprofile: py-spy failed: {err.decode(errors='replace')[-500:]}")
-        return
-    summarize_profile(out, events, seconds)
     print(f"  (raw profile: {out})")
 
 
 # -- the run ---------------------------------------------------------------------------------
 
 
-async def write_log(args: argparse.Namespace, dsn: str) -> tuple[LogGenerator, Tally, int]:
-    """The log, not measured: generated, appended, VACUUM (ANALYZE)d; (generator, tally, size)."""
+async def write_log(args: argparse.Namespace, dsn: str) -> tuple[list[tuple], int]:
+    """The log, not measured: generated, appended, VACUUM (ANALYZE)d; (expected rows, size)."""
     positions = args.positions or max(1, args.events // 10)
     owners = args.owners or max(1, positions // 100)
     active = args.active or max(1, positions // 10)
-    generator = LogGenerator(
-        args.events, positions, owners, args.symbols, active, args.market_every
-    )
     print(
         f"\nGenerating {args.events:,} events: {positions:,} positions of {owners:,} owners on "
         f"{args.symbols} symbols, {active:,} alive at once, market prices every "
         f"{args.market_every} events; appends of {WRITE_BATCH} events",
         flush=True,
     )
-    writer_pool = await create_pool(
+    log = LogGenerator(args.events, positions, owners, args.symbols, active, args.market_every)
+    started = shown = time.perf_counter()
+    writer = opened_store(
         dsn, min_size=1, max_size=1, server_settings={"synchronous_commit": "off"}
     )
-    writer = EventStore(writer_pool)
-    generation_seconds = await generate(writer, generator)
-    await writer.close()
-    await writer_pool.close()
-    tally = generator.finish()
+    async with writer as (_, store):
+        pending: asyncio.Task | None = None  # one append in flight while the next is being made
+        for appends in log.batches(WRITE_BATCH):
+            if pending is not None:
+                await pending
+            pending = asyncio.create_task(store.append_streams(appends))
+            await asyncio.sleep(0)  # let it send its statement before the next batch is made
+            if time.perf_counter() - shown > 10:
+                shown = time.perf_counter()
+                rate = log.emitted / (shown - started)
+                print(f"  ... {log.emitted:,} events ({rate:,.0f}/s)", flush=True)
+        if pending is not None:
+            await pending
+    generation_seconds = time.perf_counter() - started
     setup = await asyncpg.connect(dsn)
     vacuum_started = time.perf_counter()
     await setup.execute("VACUUM (ANALYZE) events")
     vacuum_seconds = time.perf_counter() - vacuum_started
-    log_size = await setup.fetchval("SELECT count(*) FROM events")
-    table_bytes = await setup.fetchval("SELECT pg_total_relation_size('events')")
-    transactions = await setup.fetchval("SELECT count(DISTINCT tx_id) FROM events")
+    log_size, table_bytes, transactions = await setup.fetchrow(
+        "SELECT count(*), pg_total_relation_size('events'), count(DISTINCT tx_id) FROM events"
+    )
     await setup.close()
+    states = [live.state for live in log.made if live.state is not None]
     print(
         f"Generated {log_size:,} events in {generation_seconds:.0f} s "
         f"({log_size / generation_seconds:,.0f}/s) and {transactions:,} transactions, VACUUM "
         f"(ANALYZE) {vacuum_seconds:.0f} s; events table with its indexes "
-        f"{table_bytes / 2**20:,.0f} MiB; {generator.opened:,} positions "
-        f"({tally.deleted:,} deleted), {generator.refused:,} commands refused (a mark instead)"
+        f"{table_bytes / 2**20:,.0f} MiB; {len(states):,} positions "
+        f"({sum(s.deleted for s in states):,} deleted), {log.refused:,} commands refused "
+        f"(a mark instead)"
     )
-    print("Event types: " + ", ".join(f"{name} {n:,}" for name, n in generator.types.most_common()))
-    return generator, tally, log_size
+    print("Event types: " + ", ".join(f"{name} {n:,}" for name, n in log.types.most_common()))
+    return expected_rows(states), log_size
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -708,7 +553,7 @@ async def main(args: argparse.Namespace) -> int:
         )
         if load:
             print(f"Load average at the start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-        _, tally, log_size = await write_log(args, dsn)
+        expected, log_size = await write_log(args, dsn)
         if log_size != args.events:
             print(f"ERROR: the log holds {log_size:,} events, not {args.events:,}")
             return 2
@@ -718,9 +563,9 @@ async def main(args: argparse.Namespace) -> int:
             samples = await phases.run()
             # What the generator folded must be what the rebuilt live read model holds.
             found = [tuple(row) for row in await phases.pool.fetch(EXPECTED_SQL)]
-            if found != tally.rows():
+            if found != expected:
                 phases.errors.append(
-                    f"the read model holds {found}, the generator folded {tally.rows()}"
+                    f"the read model holds {found}, the generator folded {expected}"
                 )
             market_rows = await phases.pool.fetchval("SELECT count(*) FROM market_prices")
             if args.profile:
@@ -730,7 +575,7 @@ async def main(args: argparse.Namespace) -> int:
                     await profile_replay(args, dsn, logs)
         finally:
             await phases.close()
-    missed = report(args, samples, log_size)
+    verdicts = report(args, samples, log_size)
     print(
         "\nRead model after the rebuilds: "
         + ", ".join(f"{status} {n:,}" for status, n, _, _ in found)
@@ -744,17 +589,17 @@ async def main(args: argparse.Namespace) -> int:
     )
     for error in phases.errors:
         print(f"ERROR: {error}")
-    missed.report()
+    verdicts.report()
     if phases.errors:
         return 2
-    return 1 if missed.missed and args.strict else 0
+    return 1 if verdicts.missed and args.strict else 0
 
 
 def report(
     args: argparse.Namespace, samples: dict[str, list[Replayed]], log_size: int
 ) -> harness.Verdicts:
-    def med(key: str, figure: Callable[[Replayed], float | None]) -> float | None:
-        return harness.median(figure(s) for s in samples[key])
+    def column(header: str, figure: Callable[[Replayed], float | None], spec: str) -> tuple:
+        return header, lambda k: harness.num(harness.median(map(figure, samples[k])), spec)
 
     harness.print_columns(
         f"Medians of {args.rounds} round(s) over {log_size:,} events. CPU per event in "
@@ -764,38 +609,32 @@ def report(
         f"{-(-log_size // BATCH):,} batches",
         [
             ("phase", lambda k: PHASES[k]),
-            ("seconds", lambda k: f"{med(k, lambda s: s.seconds):.1f}"),
+            column("seconds", lambda s: s.seconds, ".1f"),
             *harness.rate_columns("events/s", lambda k: samples[k]),
-            ("client us/ev", lambda k: harness.num(med(k, lambda s: s.us_per(s.cores.own)), ".1f")),
-            (
-                "server us/ev",
-                lambda k: harness.num(med(k, lambda s: s.us_per(s.cores["server"])), ".1f"),
-            ),
-            ("other", lambda k: harness.num(med(k, lambda s: s.cores.other), ".2f")),
-            ("seq scans", lambda k: harness.num(med(k, lambda s: s.seq_scans), ",.0f")),
+            column("client us/ev", lambda s: s.us_per(s.cores.own), ".1f"),
+            column("server us/ev", lambda s: s.us_per(s.cores["server"]), ".1f"),
+            column("other", lambda s: s.cores.other, ".2f"),
+            column("seq scans", lambda s: s.seq_scans, ",.0f"),
         ],
         [key for key in PHASES if samples[key]],
     )
     verdicts, raw = harness.Verdicts(), samples["raw"]
-    replay = harness.ratio_row(
-        "replay / raw read", samples["replay"], raw, REPLAY_TARGET, verdicts, "replay/raw"
-    )
-    rebuild_seconds = [s.seconds for s in samples["rebuild"]]
-    rebuild_target = REBUILD_SECONDS * log_size / 1_000_000
-    rebuild_median = statistics.median(rebuild_seconds)
-    rebuild_row = [
-        f"rebuild of {log_size:,} events, seconds",
-        f"{rebuild_median:.1f}",
-        f"{min(rebuild_seconds):.1f}-{max(rebuild_seconds):.1f}",
-        f"< {rebuild_target:.0f}",
-        verdicts(rebuild_median < rebuild_target, "rebuild time"),
-    ]
+    rebuilds = [s.seconds for s in samples["rebuild"]]
+    rebuild_target, rebuild_median = REBUILD_SECONDS * log_size / 1e6, harness.median(rebuilds)
     harness.print_table(
         "Against the targets (range: within each round)",
         ["figure", "value", "range", "target", "verdict"],
         [
-            replay,
-            rebuild_row,
+            harness.ratio_row(
+                "replay / raw read", samples["replay"], raw, REPLAY_TARGET, verdicts, "replay/raw"
+            ),
+            [
+                f"rebuild of {log_size:,} events, seconds",
+                f"{rebuild_median:.1f}",
+                f"{min(rebuilds):.1f}-{max(rebuilds):.1f}",
+                f"< {rebuild_target:.0f}",
+                verdicts(rebuild_median < rebuild_target, "rebuild time"),
+            ],
             harness.ratio_row("store.read_all / raw read", samples["read"], raw, None, verdicts),
         ],
     )
@@ -822,15 +661,10 @@ OPTIONS = """
 """
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def run(argv: list[str] | None = None) -> int:
     args, parser = harness.parse_options("python -m bench.replay", __doc__, OPTIONS, argv)
     if args.events < 1 or args.rounds < 1:
         parser.error("--events and --rounds must be at least 1")
-    return args
-
-
-def run(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     return harness.run_main(main, args)
 
 

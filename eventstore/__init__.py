@@ -21,7 +21,7 @@ from .events import (
     StreamAppend,
 )
 from .migrations import migrate
-from .store import EventStore, InlineProjector
+from .store import EventStore, InlineProjector, opened_store
 from .upcasting import Upcasters
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "init_connection",
     "load_checkpoint",
     "migrate",
+    "opened_store",
     "reset_checkpoint",
     "save_checkpoint",
 ]

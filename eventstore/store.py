@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -15,6 +15,7 @@ import asyncpg
 import msgspec
 
 from . import codec
+from .connections import create_pool
 from .errors import DuplicateEventIds, UnknownPosition, WrongExpectedVersion
 from .events import (
     START,
@@ -658,3 +659,17 @@ class _NothingWritten(Exception):
 
 def _is_constraint(error: asyncpg.PostgresError, name: str) -> bool:
     return getattr(error, "constraint_name", None) == name
+
+
+@asynccontextmanager
+async def opened_store(
+    dsn: str, **pool_options: Any
+) -> AsyncIterator[tuple[asyncpg.Pool, EventStore]]:
+    """A pool on `dsn` and a store on it, both closed at the end: for a tool's one job."""
+    pool = await create_pool(dsn, **pool_options)
+    store = EventStore(pool)
+    try:
+        yield pool, store
+    finally:
+        await store.close()
+        await pool.close()
