@@ -17,7 +17,7 @@ from uuid import UUID
 
 import asyncpg
 
-from eventstore import MigrationError
+from eventstore import LogClockAhead, MigrationError
 
 from . import operations
 from .auth import AuthSettings, Role, mint_token
@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         "rebuild", help="rebuild the read models from the log beside the live ones, then swap"
     )
     commands.add_parser(
+        "reclock",
+        help="after restoring a logical backup into another cluster: renumber the log's "
+        "transaction ids, in the same order, then rebuild the read models",
+    )
+    commands.add_parser(
         "verify", help="rebuild into scratch tables; list rows that differ (exit 1 if any)"
     )
     export = commands.add_parser("export", help="events as JSON lines, oldest first")
@@ -83,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             return _migrate(settings)
         if arguments.command == "rebuild":
             return asyncio.run(operations.rebuild_read_models(settings))
+        if arguments.command == "reclock":
+            return asyncio.run(operations.reclock_log(settings))
         if arguments.command == "verify":
             return asyncio.run(operations.verify_read_models(settings))
         if arguments.command == "export":
@@ -94,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         return _serve_development(settings)
     except (ConfigError, MigrationError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except LogClockAhead as error:
+        repair = "run `python -m api reclock` once, then start again"
+        print(f"error: {error}; {repair}", file=sys.stderr)
         return 2
 
 
@@ -198,6 +209,8 @@ def _serve_development(settings: Settings) -> int:
             )
             print(f"  {role.value:<5} {subject:<7} {token}")
     sys.stdout.flush()
+    if settings.database_url:  # where a restored backup may be: refuse it in one line
+        asyncio.run(_reach_database(settings))
     return _serve(settings, workers=1, quiet=True)
 
 
@@ -234,6 +247,7 @@ async def _reach_database(settings: Settings) -> None:
             f"cannot reach the database at {_database_in_use(settings)}: {reason}"
         ) from None
     await connection.close()
+    await apply_migrations(dsn)  # once, here; and a restored log that needs reclock is refused
 
 
 def _serve(settings: Settings, *, workers: int, quiet: bool = False) -> int:

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 import eventstore
-from eventstore import migrate
+from eventstore import check_clock, migrate
 
 from .config import MIGRATIONS, Settings
 
@@ -95,8 +95,11 @@ def _log_statement(query: asyncpg.connection.LoggedQuery) -> None:
 
 
 async def apply_migrations(dsn: str) -> list[str]:
+    """Bring the schema up to date, and refuse a log restored from a cluster that is ahead."""
     connection = await asyncpg.connect(dsn)
     try:
-        return await migrate(connection, MIGRATIONS)
+        applied = await migrate(connection, MIGRATIONS)
+        await check_clock(connection)
+        return applied
     finally:
         await connection.close()

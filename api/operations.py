@@ -1,4 +1,4 @@
-"""Operators' commands on the read models and the log: rebuild, verify, export."""
+"""Operators' commands on the read models and the log: rebuild, verify, export, reclock."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from projections import audit
 from projections.runner import rebuild, verify
 
 from . import json
-from .config import Settings
+from .config import MIGRATIONS, Settings
 from .database import apply_migrations, resolve_database_url
 
 
@@ -60,6 +60,23 @@ async def rebuild_read_models(settings: Settings) -> int:
         progress.done()
     print("the rebuilt read models are live")
     return 0
+
+
+async def reclock_log(settings: Settings) -> int:
+    """After a logical restore from a cluster that was ahead: renumber the log's transaction ids
+    in the same order, then rebuild the read models (they keep places in the log of their own)."""
+    dsn = await resolve_database_url(settings)
+    connection = await asyncpg.connect(dsn)
+    try:
+        await eventstore.migrate(connection, MIGRATIONS)
+        renumbered = await eventstore.reclock(connection)
+    finally:
+        await connection.close()
+    if not renumbered:
+        print("the log's transaction ids are this cluster's already: nothing to do")
+        return 0
+    print(f"renumbered the transaction ids of {renumbered:,} events, in the same order")
+    return await rebuild_read_models(settings)
 
 
 async def verify_read_models(settings: Settings) -> int:

@@ -1,12 +1,14 @@
 """A gap-free, concurrent, append-only event log on PostgreSQL. Knows nothing of positions."""
 
 from .checkpoints import load_checkpoint, reset_checkpoint, save_checkpoint
+from .clock import check_clock, reclock
 from .codec import init_connection
 from .connections import create_pool
 from .errors import (
     CheckpointConflict,
     DuplicateEventIds,
     EventStoreError,
+    LogClockAhead,
     MigrationError,
     UnknownPosition,
     WrongExpectedVersion,
@@ -32,6 +34,7 @@ __all__ = [
     "EventStoreError",
     "ExpectedVersion",
     "InlineProjector",
+    "LogClockAhead",
     "LogSnapshot",
     "MigrationError",
     "NewEvent",
@@ -41,11 +44,13 @@ __all__ = [
     "UnknownPosition",
     "Upcasters",
     "WrongExpectedVersion",
+    "check_clock",
     "create_pool",
     "init_connection",
     "load_checkpoint",
     "migrate",
     "opened_store",
+    "reclock",
     "reset_checkpoint",
     "save_checkpoint",
 ]

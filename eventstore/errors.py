@@ -42,3 +42,15 @@ class CheckpointConflict(EventStoreError):
 
 class MigrationError(Exception):
     """The database schema and the migration files disagree; the service must not start."""
+
+
+class LogClockAhead(EventStoreError):
+    """The log holds transaction ids this PostgreSQL cluster has not reached: it was restored
+    from a logical backup of another cluster, and must be re-clocked before it is used."""
+
+    def __init__(self, newest: int, next_id: int) -> None:
+        self.newest, self.next_id = newest, next_id
+        super().__init__(
+            f"the event log's transaction ids (up to {newest}) run ahead of this PostgreSQL "
+            f"cluster's (next {next_id}): it was restored from another cluster"
+        )
