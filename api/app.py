@@ -35,6 +35,7 @@ from .auth import AuthError, AuthSettings, TokenVerifier
 from .config import Settings
 from .context import RequestContextMiddleware
 from .database import apply_migrations, create_pool, resolve_database_url
+from .deadlines import DeadlineMiddleware, deadline_classes
 from .errors import DATABASE_OUTAGES, ApiError, handle_error
 from .metrics import Metrics, note_recorded
 from .proxies import ClientAddressMiddleware, TrustedProxies
@@ -123,6 +124,12 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
             *_client_addresses(settings),
             Middleware(RequestContextMiddleware, access_log=AccessLog(metrics)),
             *_rate_limits(settings, verifier, redis),
+            Middleware(
+                DeadlineMiddleware,
+                deadline=deadline_classes(
+                    settings.read_deadline_seconds, settings.audit_deadline_seconds
+                ),
+            ),
         ],
         exception_handlers={
             # Expected refusals. Anything else: a bare 500 from RequestContextMiddleware.
@@ -134,6 +141,7 @@ def create_app(settings: Settings | None = None, auth: AuthSettings | None = Non
                 KeyReused,
                 *REFUSALS,  # raised where no Reply renders them (queries, a refused request)
                 *DATABASE_OUTAGES,  # 503: inside the access log, which records the answer given
+                asyncpg.exceptions.QueryCanceledError,  # statement_timeout: 503 as well
             )
         },
         lifespan=lifespan,

@@ -36,6 +36,12 @@ class Settings:
     live_queue_limit: int
     rate_limit_per_second: float
     rate_limit_burst: int
+    read_deadline_seconds: float
+    """A read's deadline (GET, HEAD); 0: none."""
+    audit_deadline_seconds: float
+    """The deadline of the audit trail's searches and histories; 0: none."""
+    db_statement_timeout_seconds: float
+    """PostgreSQL's statement_timeout on the service's connections, a backstop; 0: none."""
     trusted_proxies: tuple[Network, ...]
     """Peers whose forwarding header names the client (see api/proxies.py); none by default."""
     trusted_proxy_header: str
@@ -62,6 +68,11 @@ class Settings:
             live_queue_limit=_int(env, "LIVE_QUEUE_LIMIT", 1000),
             rate_limit_per_second=float(_decimal(env, "RATE_LIMIT_PER_SECOND", Decimal(0))),
             rate_limit_burst=_int(env, "RATE_LIMIT_BURST", 0),
+            read_deadline_seconds=float(_decimal(env, "READ_DEADLINE_SECONDS", Decimal(10))),
+            audit_deadline_seconds=float(_decimal(env, "AUDIT_DEADLINE_SECONDS", Decimal(30))),
+            db_statement_timeout_seconds=float(
+                _decimal(env, "DB_STATEMENT_TIMEOUT_SECONDS", Decimal(60))
+            ),
             trusted_proxies=_networks(env, "TRUSTED_PROXIES"),
             trusted_proxy_header=_choice(env, "TRUSTED_PROXY_HEADER", HEADERS),
             environment=env,

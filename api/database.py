@@ -79,6 +79,7 @@ async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
         max_size=max(1, settings.db_pool_size + settings.db_max_overflow),
         max_inactive_connection_lifetime=60.0,
         query_logger=_log_statement if settings.sql_echo else None,
+        server_settings={"statement_timeout": f"{settings.db_statement_timeout_seconds:g}s"},
     )
 
 

@@ -87,6 +87,9 @@ def as_api_error(error: Exception) -> ApiError | None:
             return ApiError(401, error.reason, headers={"WWW-Authenticate": "Bearer"})
         case HTTPException():
             return ApiError(error.status_code, error.detail, headers=error.headers)
+    if isinstance(error, asyncpg.exceptions.QueryCanceledError):
+        log.warning("statement cancelled by the database: %s", error)
+        return ApiError(503, "the database took too long; try again", headers={"Retry-After": "1"})
     if database_unreachable(error):
         log.warning("database unreachable: %s", error)
         return ApiError(503, "the database is unreachable; try again", headers={"Retry-After": "1"})
