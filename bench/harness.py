@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import contextlib
 import http.client
 import importlib.util
 import json
@@ -141,6 +142,30 @@ def run_main(main: Callable[[argparse.Namespace], Coroutine[Any, Any, int]], arg
     return run_loop(lambda: main(args), args.loop)
 
 
+async def bounded(limit: int, run: Callable[[T], Awaitable[Any]], items: Iterable[T]) -> list[Any]:
+    """run(item) for every item, at most `limit` at a time; the results in the items' order."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(item: T) -> Any:
+        async with gate:
+            return await run(item)
+
+    return await asyncio.gather(*map(one, items))
+
+
+async def wait_total(read: Callable[[], Awaitable[int]], expected: int, quiet: float = 5.0) -> int:
+    """Poll read() every 0.1 s until it reaches `expected` or has not changed for `quiet`
+    seconds (messages still to arrive, say); its last value."""
+    changed, previous = time.monotonic(), -1
+    while (got := await read()) < expected:
+        if got != previous:
+            changed, previous = time.monotonic(), got
+        elif time.monotonic() - changed > quiet:
+            break
+        await asyncio.sleep(0.1)
+    return got
+
+
 async def receive(commands: Any) -> Any:
     """The next command of a load process's queue, without blocking its event loop."""
     return await asyncio.get_running_loop().run_in_executor(None, commands.get)
@@ -211,6 +236,14 @@ class Children:
         self._pending.extend(deferred)
         return got
 
+    async def ask(self, kind: str, op: str, args: list[Any], timeout: float) -> list[Any]:
+        """`op` to the children of `kind`, child i with args[i]; their answers (tagged `op`), in
+        the children's order."""
+        for index, arg in enumerate(args):
+            self.send(kind, op, arg, index)
+        got = await self.gather(op, kind, len(args), timeout)
+        return [got[index] for index in range(len(args))]
+
     def stop(self) -> None:
         for _, _, _, commands in self.processes:
             try:
@@ -271,6 +304,17 @@ def process_memory_kib(pid: int, field_name: str = "VmRSS") -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+async def settled_memory_kib(pid: int, wait: float, readings: int = 3) -> int | None:
+    """VmRSS once a process has settled: after `wait` s, the median of readings 0.5 s apart."""
+    await asyncio.sleep(wait)
+    values = [process_memory_kib(pid)]
+    for _ in range(readings - 1):
+        await asyncio.sleep(0.5)
+        values.append(process_memory_kib(pid))
+    value = median(values)
+    return None if value is None else int(value)
 
 
 def open_fds(pid: int) -> tuple[int | None, int | None]:
@@ -596,6 +640,25 @@ async def postgres(connection: asyncpg.Connection, *settings: str) -> str:
     )
     shown = ", ".join(f"{name}={row[name]}" for name in settings)
     return f"PostgreSQL {row['server_version'].split()[0]}" + (f" ({shown})" if shown else "")
+
+
+FOREIGN_WRITES = (
+    "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)), 0) "
+    "FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND datname IS DISTINCT FROM $1"
+)
+
+
+async def longest_foreign_write(admin: asyncpg.Connection, database: str, stop: Any) -> float:
+    """The longest-lived write transaction (s) of the databases other than `database`, sampled
+    until `stop` (an asyncio.Event) is set. The event store's feed reads only below the oldest
+    open writing transaction of the whole server (README, "The barrier is server-wide"): this
+    tells a stall caused by someone else's transaction from one of the service's own."""
+    longest = 0.0
+    while not stop.is_set():
+        longest = max(longest, float(await admin.fetchval(FOREIGN_WRITES, database)))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.05)
+    return longest
 
 
 async def checkpoint(admin: asyncpg.Connection) -> None:
