@@ -13,7 +13,6 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import asyncpg
 import httpx
 import pytest
 
-from api.auth import Role, mint_token
+from api.auth import Role
 from api.database import apply_migrations, ensure_database
 from commands import PositionHandlers
 from domain.commands import OpenPosition
@@ -30,10 +29,10 @@ from domain.streams import position_stream
 from eventstore import EventStore, NewEvent, create_pool
 from projections.positions import project_positions
 
+from .api.conftest import SECRET, token
 from .projections.test_rebuild import AT, random_workload
 from .test_service import free_port, run_cli, service_env, start_service
 
-SECRET = "restore-tests-secret-that-is-long-enough-for-hs256"
 LOG_ORDER = "SELECT event_id, global_position FROM events ORDER BY tx_id, global_position"
 _BINARIES = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))  # Debian's layout
 
@@ -188,13 +187,7 @@ def test_a_log_restored_into_a_cluster_behind_is_refused_then_reclocked_and_serv
 
         process, base = start_service(env)
         try:
-            admin = mint_token(
-                secret_or_private_key=SECRET,
-                algorithm="HS256",
-                subject="auditor",
-                role=Role.ADMIN,
-                ttl=timedelta(minutes=10),
-            )
+            admin = token("auditor", Role.ADMIN)
             headers = {"Authorization": f"Bearer {admin}"}
             restored_ids = [str(row["event_id"]) for row in original]
             assert _audit_trail(base, headers) == restored_ids
