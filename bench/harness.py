@@ -342,6 +342,18 @@ def load_average() -> tuple[float, float, float] | None:
     return one, five, fifteen
 
 
+async def wait_quiet(limit: float, patience: float) -> None:
+    """Wait (up to `patience` seconds) until the 1-minute load average is below `limit`."""
+    deadline = time.monotonic() + patience
+    while (load := load_average()) is not None and load[0] >= limit:
+        if time.monotonic() >= deadline:
+            print(f"load average {load}: still above {limit} after waiting; starting anyway")
+            return
+        print(f"load average {load[0]:.2f} >= {limit}: waiting", flush=True)
+        await asyncio.sleep(30)
+    print(f"load average {load}: starting", flush=True)
+
+
 # -- the CPU meter -----------------------------------------------------------------------------
 
 
@@ -577,6 +589,12 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
         print(line(row))
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """The table of print_table as markdown: the first column left-aligned, the others right."""
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def print_columns(
     title: str, columns: list[tuple[str, Callable[[T], str]]], items: Iterable[T]
 ) -> None:
@@ -808,6 +826,33 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         self._log_file.close()
+
+
+def log_levels(path: Path, examples: int = 8) -> tuple[Counter[str], list[str]]:
+    """A server log's lines by level (JSON records; TEXT for other lines), and the first lines
+    above INFO."""
+    levels: Counter[str] = Counter()
+    shown: list[str] = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+            level = str(record.get("levelname") or record.get("level") or "?").upper()
+        except (ValueError, AttributeError):
+            level = "TEXT"
+        levels[level] += 1
+        if level not in ("INFO", "DEBUG") and len(shown) < examples:
+            shown.append(line[:400])
+    return levels, shown
+
+
+def prometheus_metric(text: str, name: str) -> dict[str, float]:
+    """The samples of one metric of a Prometheus text page (/metrics), by their label string."""
+    found = {}
+    for line in text.splitlines():
+        if line.startswith((name + "{", name + " ")):
+            labels, _, value = line.rpartition(" ")
+            found[labels[len(name) :] or "{}"] = float(value)
+    return found
 
 
 def start_service(
