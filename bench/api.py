@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
-from asyncio.subprocess import PIPE
+from asyncio.subprocess import DEVNULL, PIPE
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -51,30 +51,23 @@ CONTENTION_TARGET = 0.5  # update-prices / create, both at 64 connections
 READ_IDS = 2000  # whale position ids the single reads cycle over
 CREATE_TARGET, READ_TARGET, SUMMARY_P99_MS = 0.5, 0.7, 25.0
 SETTLE = 0.5  # seconds of rest before each phase
+UPDATE_PRICES = "POST /positions/update-prices"
 
 
 # -- the bare app (runs in its own uvicorn process) ---------------------------------------------
 
 BARE_TABLE = """
 CREATE TABLE bench_bare_positions (
-    id          uuid        PRIMARY KEY,
-    owner       text        NOT NULL,
-    symbol      text        NOT NULL,
-    side        text        NOT NULL,
-    quantity    numeric     NOT NULL,
-    entry_price numeric     NOT NULL,
-    created_at  timestamptz NOT NULL DEFAULT now()
+    id uuid PRIMARY KEY, owner text NOT NULL, symbol text NOT NULL, side text NOT NULL,
+    quantity numeric NOT NULL, entry_price numeric NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
 )
 """
-_BARE_INSERT = """
-INSERT INTO bench_bare_positions (id, owner, symbol, side, quantity, entry_price)
-VALUES ($1, $2, $3, $4, $5, $6)
-"""
+_BARE_INSERT = """INSERT INTO bench_bare_positions (id, owner, symbol, side, quantity, entry_price)
+VALUES ($1, $2, $3, $4, $5, $6)"""
 _BARE_SELECT = "SELECT * FROM positions WHERE position_id = $1"
-_BARE_LIST = """
-SELECT * FROM positions WHERE owner = $1
-ORDER BY created_at DESC, position_id DESC LIMIT $2
-"""
+_BARE_LIST = """SELECT * FROM positions WHERE owner = $1
+ORDER BY created_at DESC, position_id DESC LIMIT $2"""
 
 _bare_decoder = msgspec.json.Decoder(float_hook=Decimal)
 _bare_encoder = msgspec.json.Encoder(decimal_format="number")
@@ -164,41 +157,26 @@ class Phase:
 
     @property
     def service(self) -> bool:
-        """The service's phase, or the bare app's."""
         return not self.label.startswith("bare:")
 
 
+# fmt: off
 PHASES = [  # a round runs them in this order, the next one in reverse
     Phase("bi", "bare: INSERT, POST /bare/positions", "POST /bare/positions", CREATOR, CREATE_BODY),
     Phase("cr", "POST /positions (create)", "POST /positions", CREATOR, CREATE_BODY),
     Phase("bs", "bare: PK SELECT, GET /bare/positions/{id}", "GET /bare/positions/{id}", WHALE),
     Phase("gi", "GET /positions/{id}", "GET /positions/{id}", WHALE),
-    Phase(
-        "bl",
-        "bare: 100 rows, GET /bare/positions?owner=",
-        f"GET /bare/positions?owner={WHALE}&limit=100",
-        WHALE,
-    ),
+    Phase("bl", "bare: 100 rows, GET /bare/positions?owner=",
+          f"GET /bare/positions?owner={WHALE}&limit=100", WHALE),
     Phase("li", "GET /positions?limit=100 (of 10,000)", "GET /positions?limit=100", WHALE),
     Phase("su", "GET /portfolio/summary (10,000 positions)", "GET /portfolio/summary", WHALE),
     Phase("s1", "GET /portfolio/summary, 1 connection", "GET /portfolio/summary", WHALE, None, 1),
-    Phase(
-        "c64",
-        "POST /positions (create), 64 connections",
-        "POST /positions",
-        CREATOR,
-        CREATE_BODY,
-        CONTENTION,
-    ),
-    Phase(
-        "p64",
-        "POST /positions/update-prices, 3 symbols, 64 connections",
-        "POST /positions/update-prices",
-        ADMIN,
-        CONTENTION_PRICES,
-        CONTENTION,
-    ),
+    Phase("c64", "POST /positions (create), 64 connections", "POST /positions", CREATOR,
+          CREATE_BODY, CONTENTION),
+    Phase("p64", "POST /positions/update-prices, 3 symbols, 64 connections", UPDATE_PRICES, ADMIN,
+          CONTENTION_PRICES, CONTENTION),
 ]
+# fmt: on
 
 _LUA_DONE = r"""
 done = function(summary, latency, requests)
@@ -210,22 +188,20 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(99), latency.max))
 end
 """
+_LUA_PATHS = """local n, i = #paths, 0
+request = function()
+  i = i % n + 1
+  return wrk.format(nil, paths[i])
+end"""
 
 
 def lua_script(method: str, token: str, body: str | None, paths: list[str] | None) -> str:
-    lines = [
-        f'wrk.method = "{method}"',
-        f'wrk.headers["Authorization"] = "Bearer {token}"',
-        'wrk.headers["Content-Type"] = "application/json"',
-    ]
+    lines = [f'wrk.method = "{method}"', f'wrk.headers["Authorization"] = "Bearer {token}"']
+    lines.append('wrk.headers["Content-Type"] = "application/json"')
     if body is not None:
         lines.append(f"wrk.body = [[{body}]]")
     if paths:
-        lines.append("local paths = {" + ",".join(f'"{p}"' for p in paths) + "}")
-        lines.append("local n, i = #paths, 0")
-        lines.append(
-            "request = function()\n  i = i % n + 1\n  return wrk.format(nil, paths[i])\nend"
-        )
+        lines += ["local paths = {" + ",".join(f'"{p}"' for p in paths) + "}", _LUA_PATHS]
     return "\n".join(lines) + "\n" + _LUA_DONE
 
 
@@ -254,13 +230,8 @@ async def run_wrk(
         if line.startswith("BENCH "):
             r = json.loads(line[6:])
             errors = sum(r[k] for k in ("connect", "read", "write", "status", "timeout"))
-            return (
-                r["requests"],
-                r["duration_us"] / 1e6,
-                r["p50_us"] / 1e3,
-                r["p99_us"] / 1e3,
-                errors,
-            )
+            ms = r["p50_us"] / 1e3, r["p99_us"] / 1e3
+            return r["requests"], r["duration_us"] / 1e6, *ms, errors
     raise RuntimeError(f"wrk gave no result:\n{out.decode()}\n{err.decode()}")
 
 
@@ -311,14 +282,9 @@ async def seed_whale(dsn: str, count: int, seed: int = 20251124) -> list[uuid.UU
 
     pool = await create_pool(dsn, min_size=4, max_size=4)
     store = EventStore(pool, inline_projectors=[project_positions])
-    gate = asyncio.Semaphore(4)
-
-    async def append(batch: list[StreamAppend]) -> None:
-        async with gate:
-            await store.append_streams(batch)
-
     try:
-        await asyncio.gather(*(append(appends[i : i + 500]) for i in range(0, len(appends), 500)))
+        batches = [appends[i : i + 500] for i in range(0, len(appends), 500)]
+        await harness.bounded(4, store.append_streams, batches)
     finally:
         await store.close()
         await pool.close()
@@ -347,35 +313,20 @@ def check_endpoints(bench: Bench, read_id: uuid.UUID) -> None:
             body.get(f) for f in ("total_positions", "open_positions", "unpriced_positions")
         )
 
-    service, bare = bench.service.port, bench.bare.port
+    def listed(headers: dict, body: Any) -> bool:
+        return len(body) == 100 and headers.get("x-total-count") == str(n)
+
+    service, bare, bare_list = bench.service.port, bench.bare.port, f"owner={WHALE}&limit=100"
     checks: list[tuple[int, str, str, str | None, Callable[[int, dict, Any], bool]]] = [
-        (service, "POST /positions", CREATOR, CREATE_BODY, lambda s, _, b: b["owner"] == CREATOR),
-        (service, f"GET /positions/{one}", WHALE, None, lambda s, _, b: b["id"] == one),
-        (
-            service,
-            "GET /positions?limit=100",
-            WHALE,
-            None,
-            lambda s, h, b: len(b) == 100 and h.get("x-total-count") == str(n),
-        ),
-        (
-            service,
-            "POST /positions/update-prices",
-            ADMIN,
-            bench.bodies[1],
-            lambda s, _, b: b["positions_updated"] == n,
-        ),
-        (service, f"GET /positions/{one}", WHALE, None, lambda s, _, b: marked(b)),
-        (service, "GET /portfolio/summary", WHALE, None, lambda s, _, b: totals(b) == (n, n, 0)),
-        (bare, "POST /bare/positions", CREATOR, CREATE_BODY, lambda s, _, b: s == 201),
-        (bare, f"GET /bare/positions/{one}", WHALE, None, lambda s, _, b: b["position_id"] == one),
-        (
-            bare,
-            f"GET /bare/positions?owner={WHALE}&limit=100",
-            WHALE,
-            None,
-            lambda *a: len(a[2]) == 100,
-        ),
+        (service, "POST /positions", CREATOR, CREATE_BODY, lambda s, h, b: b["owner"] == CREATOR),
+        (service, f"GET /positions/{one}", WHALE, None, lambda s, h, b: b["id"] == one),
+        (service, "GET /positions?limit=100", WHALE, None, lambda s, h, b: listed(h, b)),
+        (service, UPDATE_PRICES, ADMIN, bench.bodies[1], lambda *a: a[2]["positions_updated"] == n),
+        (service, f"GET /positions/{one}", WHALE, None, lambda s, h, b: marked(b)),
+        (service, "GET /portfolio/summary", WHALE, None, lambda s, h, b: totals(b) == (n, n, 0)),
+        (bare, "POST /bare/positions", CREATOR, CREATE_BODY, lambda s, h, b: s == 201),
+        (bare, f"GET /bare/positions/{one}", WHALE, None, lambda *a: a[2]["position_id"] == one),
+        (bare, f"GET /bare/positions?{bare_list}", WHALE, None, lambda *a: len(a[2]) == 100),
     ]
     problems = []
     for port, request, subject, body, expected in checks:
@@ -417,12 +368,9 @@ class Bench:
     def __post_init__(self) -> None:
         self.count = len(self.ids)
         self.bodies = price_bodies()
+        count, conns = f"{self.count:,}", self.args.connections
         self.phases = [
-            replace(
-                p,
-                label=p.label.replace("10,000", f"{self.count:,}"),
-                connections=p.connections or self.args.connections,
-            )
+            replace(p, label=p.label.replace("10,000", count), connections=p.connections or conns)
             for p in PHASES
         ]
         read_ids = random.Random(3).sample(self.ids, min(READ_IDS, self.count))
@@ -436,13 +384,16 @@ class Bench:
     def server(self, phase: Phase) -> harness.Server:
         return self.service if phase.service else self.bare
 
-    def url(self, phase: Phase) -> str:
-        path = phase.request.split(" ", 1)[1].replace("{id}", "x")
-        return f"http://127.0.0.1:{self.server(phase).port}{path}"
-
     async def wrk(self, phase: Phase, seconds: int) -> tuple[int, float, float, float, int]:
-        script, conns = self.scripts[phase.key], phase.connections or self.args.connections
-        return await run_wrk(self.url(phase), script, conns, self.args.threads, seconds)
+        path = phase.request.split(" ", 1)[1].replace("{id}", "x")
+        url, conns = f"http://127.0.0.1:{self.server(phase).port}{path}", phase.connections
+        return await run_wrk(url, self.scripts[phase.key], conns, self.args.threads, seconds)
+
+    async def reading(self, server: harness.Server) -> harness.Reading:
+        """The CPU so far of the server (started again if it had exited) and of the backends."""
+        server.ensure_running()
+        db = await harness.backend_pids(self.admin, self.args.database)
+        return self.meter.read(app=[server.pid], db=db)
 
     async def run_phase(self, phase: Phase, seconds: int) -> Requests:
         server = self.server(phase)
@@ -450,10 +401,7 @@ class Bench:
             # The requests queued in a server when wrk stops are still served after it: let them
             # drain, so that their CPU does not count in the next phase.
             await asyncio.sleep(SETTLE)
-            server.ensure_running()
-            start = self.meter.read(
-                app=[server.pid], db=await harness.backend_pids(self.admin, self.args.database)
-            )
+            start = await self.reading(server)
             try:
                 result = await self.wrk(phase, seconds)
             except RuntimeError:
@@ -466,26 +414,21 @@ class Bench:
             return Requests(requests, wall, self.meter.since(start), p50_ms, p99_ms, errors)
         raise AssertionError("unreachable")
 
-    async def mark_prices(self, i: int) -> tuple:
-        """One update-prices call, with the i-th set of prices."""
-        return await asyncio.to_thread(
+    async def mark_prices(self, i: int) -> float:
+        """One update-prices call, with the i-th set of prices: its wall time in ms."""
+        status, _, body, elapsed = await asyncio.to_thread(
             harness.http_call,
-            *(self.service.port, "POST", "/positions/update-prices", self.tokens[ADMIN]),
+            *(self.service.port, "POST", UPDATE_PRICES.split()[1], self.tokens[ADMIN]),
             self.bodies[i % 2],
         )
+        if status != 200 or body.get("positions_updated") != self.count:
+            raise RuntimeError(f"update-prices answered {status}: {body}")
+        return elapsed * 1e3
 
     async def update_prices(self, calls: int) -> list[float]:
         """update-prices, one call at a time: the wall time of each, the CPU over them all."""
-        self.service.ensure_running()
-        start = self.meter.read(
-            app=[self.service.pid], db=await harness.backend_pids(self.admin, self.args.database)
-        )
-        times = []
-        for i in range(calls):
-            status, _, body, elapsed = await self.mark_prices(i)
-            if status != 200 or body.get("positions_updated") != self.count:
-                raise RuntimeError(f"update-prices answered {status}: {body}")
-            times.append(elapsed * 1e3)
+        start = await self.reading(self.service)
+        times = [await self.mark_prices(i) for i in range(calls)]
         cores = self.meter.since(start)
         self.price_samples.append(Requests(calls, cores.seconds, cores))
         self.price_ms += times
@@ -499,7 +442,7 @@ class Bench:
         print(f"\n{'round':<7}" + "".join(f"{p.key:>9}  " for p in self.phases) + f"{'prices':>9}")
         print(f"{'':<7}" + "".join(f"{'req/s':>9}  " for _ in self.phases) + f"{'ms p50':>9}")
         for r in range(rounds):
-            for phase in self.phases if r % 2 == 0 else self.phases[::-1]:
+            for phase in harness.in_turn(self.phases, r):
                 self.samples[phase.key].append(await self.run_phase(phase, seconds))
             calls = await self.update_prices(price_calls)
             await self.setup.execute("VACUUM (ANALYZE) positions")
@@ -510,21 +453,24 @@ class Bench:
 
     # -- report --------------------------------------------------------------------------------
 
-    def med(self, phase: Phase, figure: Callable[[Requests], float | None]) -> float | None:
-        return harness.median(figure(s) for s in self.samples[phase.key])
+    def med(self, key: str, figure: Callable[[Requests], float | None]) -> float | None:
+        return harness.median(figure(s) for s in self.samples[key])
 
     def print_phases(self, rounds: int, seconds: int) -> None:
+        def cpu(group: str) -> Callable[[Phase], str]:
+            return lambda p: harness.num(self.med(p.key, lambda s: s.us_per(s.cores[group])))
+
         columns: list[tuple[str, Callable[[Phase], str]]] = [
             ("phase", lambda p: ("  " if p.service else "") + p.label),
             ("conns", lambda p: str(p.connections)),
             *harness.rate_columns("req/s", lambda p: self.samples[p.key]),
-            ("p50 ms", lambda p: _ms(self.med(p, lambda s: s.p50_ms))),
-            ("p99 ms", lambda p: _ms(self.med(p, lambda s: s.p99_ms))),
-            ("app us/req", lambda p: harness.num(self.med(p, lambda s: s.us_per(s.cores["app"])))),
-            ("db us/req", lambda p: harness.num(self.med(p, lambda s: s.us_per(s.cores["db"])))),
-            ("wrk", lambda p: f"{self.med(p, lambda s: s.cores.own):.2f}"),
-            ("machine", lambda p: f"{self.med(p, lambda s: s.cores.machine):.2f}"),
-            ("other", lambda p: harness.num(self.med(p, lambda s: s.cores.other), ".2f")),
+            ("p50 ms", lambda p: _ms(self.med(p.key, lambda s: s.p50_ms))),
+            ("p99 ms", lambda p: _ms(self.med(p.key, lambda s: s.p99_ms))),
+            ("app us/req", cpu("app")),
+            ("db us/req", cpu("db")),
+            ("wrk", lambda p: f"{self.med(p.key, lambda s: s.cores.own):.2f}"),
+            ("machine", lambda p: f"{self.med(p.key, lambda s: s.cores.machine):.2f}"),
+            ("other", lambda p: harness.num(self.med(p.key, lambda s: s.cores.other), ".2f")),
             ("errors", lambda p: str(sum(s.errors for s in self.samples[p.key]))),
         ]
         harness.print_columns(
@@ -537,14 +483,6 @@ class Bench:
             self.phases,
         )
 
-    def worker_ratio(self, top: str, bottom: str) -> str:
-        """bare / service server-process CPU per request: the throughput ratio when each
-        server's one worker is the bottleneck, whatever else runs on the machine."""
-        t, b = (
-            harness.median(s.us_per(s.cores["app"]) for s in self.samples[k]) for k in (top, bottom)
-        )
-        return "-" if not t or not b else f"{b / t:.2f}"
-
     def print_targets(self, verdicts: harness.Verdicts) -> None:
         rows = []
         for name, top, bottom, target in [
@@ -556,29 +494,19 @@ class Bench:
             ("update-prices / create, 64 connections", "p64", "c64", CONTENTION_TARGET),
         ]:
             row = harness.ratio_row(name, self.samples[top], self.samples[bottom], target, verdicts)
-            rows.append([*row[:3], self.worker_ratio(top, bottom), *row[3:]])
-        summary_p99 = [s.p99_ms for s in self.samples["s1"] if s.p99_ms is not None]
-        p99 = statistics.median(summary_p99)
-        rows.append(
-            [
-                f"summary p99 ms, 1 connection, {self.count:,} positions",
-                f"{p99:.1f}",
-                f"{min(summary_p99):.1f}-{max(summary_p99):.1f}",
-                "-",
-                f"< {SUMMARY_P99_MS:.0f}",
-                verdicts(p99 < SUMMARY_P99_MS, "summary p99"),
-            ]
-        )
+            # by CPU: the throughput ratio when each server's one worker is the bottleneck,
+            # whatever else runs on the machine
+            t, b = (self.med(k, lambda s: s.us_per(s.cores["app"])) for k in (top, bottom))
+            rows.append([*row[:3], "-" if not t or not b else f"{b / t:.2f}", *row[3:]])
+        p99s = [s.p99_ms for s in self.samples["s1"] if s.p99_ms is not None]
+        p99, spread = statistics.median(p99s), f"{min(p99s):.1f}-{max(p99s):.1f}"
+        name, met = f"summary p99 ms, 1 connection, {self.count:,} positions", p99 < SUMMARY_P99_MS
+        verdict = verdicts(met, "summary p99")
+        rows.append([name, f"{p99:.1f}", spread, "-", f"< {SUMMARY_P99_MS:.0f}", verdict])
         refused = sum(s.errors for key in ("c64", "p64") for s in self.samples[key])
+        verdict = verdicts(refused == 0, "no error under contention")
         rows.append(
-            [
-                "non-2xx or failed answers, 64 connections",
-                str(refused),
-                "-",
-                "-",
-                "= 0",
-                verdicts(refused == 0, "no error under contention"),
-            ]
+            ["non-2xx or failed answers, 64 connections", str(refused), "-", "-", "= 0", verdict]
         )
         harness.print_table(
             "Targets (value: of the medians over rounds; range: the value within each round; by "
@@ -589,51 +517,33 @@ class Bench:
         )
 
     def print_prices(self) -> None:
-        def ms_per_call(group: str) -> float | None:
+        def ms_per_call(group: str) -> str:
             """Over all the calls: a few calls are below the clock tick of /proc's CPU times."""
             used = [s.cores[group] for s in self.price_samples]
             if any(u is None for u in used) or not self.price_ms:
-                return None  # a backend ended between two readings: no figure, not a wrong one
+                return "-"  # a backend ended between two readings: no figure, not a wrong one
             seconds = (u * s.seconds for u, s in zip(used, self.price_samples, strict=True))
-            return sum(seconds) / len(self.price_ms) * 1e3
+            return f"{sum(seconds) / len(self.price_ms) * 1e3:.1f}"
 
         calls = self.price_ms
+        row = [f"POST /positions/update-prices, re-marks {self.count:,}", str(len(calls))]
+        row += [f"{v:.1f}" for v in (*(harness.percentile(calls, q) for q in (50, 99)), min(calls))]
         harness.print_table(
             "Re-marking: one call at a time (p99 is the nearest rank: with few calls, the "
             "slowest); CPU in ms per call, over all calls",
             ["call", "calls", "p50 ms", "p99 ms", "min ms", "app ms/call", "db ms/call"],
-            [
-                [
-                    f"POST /positions/update-prices, re-marks {self.count:,}",
-                    str(len(calls)),
-                    f"{harness.percentile(calls, 50):.1f}",
-                    f"{harness.percentile(calls, 99):.1f}",
-                    f"{min(calls):.1f}",
-                    harness.num(ms_per_call("app"), ".1f"),
-                    harness.num(ms_per_call("db"), ".1f"),
-                ]
-            ],
+            [[*row, ms_per_call("app"), ms_per_call("db")]],
         )
 
     def print_notes(self, source_before: tuple[str, list[str]]) -> None:
         for server in (self.service, self.bare):
             if server.restarts:
-                print(
-                    f"NOTE: the {server.name} server was restarted {len(server.restarts)} "
-                    f"time(s) during the run ({', '.join(server.restarts)})."
-                )
+                print(f"NOTE: the {server.name} server restarted: {', '.join(server.restarts)}.")
         source_now = harness.source_state()
-        restarted = bool(self.service.restarts or self.bare.restarts)
-        if source_before[1] or (source_now != source_before and restarted):
+        if source_now != source_before:  # a server restarted since then ran the new code
             print(
-                f"NOTE: the service's source differed from commit {source_before[0]} when a "
-                f"server (re)started (before the run: {', '.join(source_before[1]) or 'clean'}; "
-                f"after: {', '.join(source_now[1]) or 'clean'})."
-            )
-        elif source_now != source_before:
-            print(
-                f"NOTE: other people edited {', '.join(source_now[1]) or 'the code'} during the "
-                f"run; the servers, started before, ran commit {source_before[0]} as it was."
+                f"NOTE: the service's source changed during the run, from "
+                f"{harness.source_note(source_before)} to {harness.source_note(source_now)}."
             )
 
 
@@ -735,15 +645,8 @@ PROFILE_PLACES = [
     ("uvicorn (HTTP protocol, Python side)", ("uvicorn/",)),
     ("other Python (typing, uuid, datetime, asyncio...)", ("",)),
 ]
-_PASS_THROUGH = (
-    "api/cli.py",
-    "api/__main__.py",
-    "asyncio/runners.py",
-    "asyncio/base_events.py",
-    "uvloop/",
-    "<frozen runpy>",
-    "runpy.py",
-)
+_PASS_THROUGH = ("api/cli.py", "api/__main__.py", "asyncio/runners.py", "asyncio/base_events.py")
+_PASS_THROUGH += ("uvloop/", "<frozen runpy>", "runpy.py")
 _IN_LOOP = "C code called from the event loop (uvloop I/O, asyncpg protocol, httptools)"
 
 
@@ -789,12 +692,8 @@ async def profile(bench: Bench, seconds: int) -> None:
         service.ensure_running()
         out = bench.logs / f"profile-{name}.txt"
         options = f"-p {service.pid} -d {duration} -r {PROFILE_RATE} --format raw -o {out}"
-        process = await asyncio.create_subprocess_exec(
-            spy,
-            *f"record --nonblocking --gil {options}".split(),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        argv = f"record --nonblocking --gil {options}".split()
+        process = await asyncio.create_subprocess_exec(spy, *argv, stdout=DEVNULL, stderr=DEVNULL)
         await asyncio.sleep(0.2)
         return process, out
 

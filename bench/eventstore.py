@@ -1,8 +1,5 @@
 """Event store benchmark: appends and log reads through `EventStore` against raw asyncpg.
-
-Events/s, CPU and WAL per event of (a) raw INSERTs, (ref) the same into a copy of `events`,
-(b, b', c) `EventStore.append` and (d) reads of the log; phases and targets: BENCHMARKS.md,
-"Event store".
+Phases (raw INSERTs, appends, log reads) and targets: BENCHMARKS.md, "Event store".
 
     python -m bench.eventstore [--quick] [--rounds 5] [--seconds 5] [--keep] [--strict]
 """
@@ -17,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -50,24 +48,12 @@ CREATE TABLE bench_baseline (
 # constraints (no function, no streams table), to tell the schema's cost from the append's.
 REFERENCE_TABLE = "CREATE TABLE bench_events_copy (LIKE events INCLUDING ALL)"
 
-_INSERT = """
-INSERT INTO {table} (event_id, stream_id, stream_version, event_type, schema_version,
-                     data, metadata)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-"""
-INSERTS = {
-    "a": _INSERT.format(table="bench_baseline"),
-    "r": _INSERT.format(table="bench_events_copy"),
-}
-
-RAW_READ = f"""
-SELECT global_position, tx_id, event_id, stream_id, stream_version, event_type,
-       schema_version, data, metadata, recorded_at
-FROM events
-WHERE global_position > $1
-ORDER BY global_position
-LIMIT {BATCH}
-"""
+_INSERT = """INSERT INTO {} (event_id, stream_id, stream_version, event_type, schema_version,
+data, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7)"""
+INSERTS = {"a": _INSERT.format("bench_baseline"), "r": _INSERT.format("bench_events_copy")}
+RAW_READ = f"""SELECT {EventStore.COLUMNS} FROM events
+WHERE global_position > $1 ORDER BY global_position LIMIT {BATCH}"""
+WAL = """SELECT pg_current_wal_lsn(), checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"""
 
 PHASES = {  # key: label; a round runs the writes in order, the next one in reverse
     "a": "(a) raw INSERT, plain table, 16 conns",
@@ -130,14 +116,8 @@ def make_payloads(count: int, seed: int = 20251124) -> list[Payload]:
 
 @dataclass
 class Events(harness.Sample):
-    """A phase's events, CPU, and the WAL the whole server wrote meanwhile."""
-
     wal_bytes: int = 0
     checkpoints: int = 0  # checkpoints that started during the phase
-
-    @property
-    def wal_per_event(self) -> float:
-        return self.wal_bytes / self.handled if self.handled else 0.0
 
 
 class Workloads:
@@ -165,19 +145,12 @@ class Workloads:
 
     async def measure(self, run: Callable[[], Awaitable[int]]) -> Events:
         """The phase's CPU (this process, the database's backends), WAL and checkpoints."""
-        lsn0, checkpoints0 = await self._wal()
+        lsn0, checkpoints0 = await self.admin.fetchrow(WAL)
         backends = await harness.backend_pids(self.admin, self.database)
         sample = await self.meter.measure(run, Events, server=backends)
-        lsn1, checkpoints1 = await self._wal()
+        lsn1, checkpoints1 = await self.admin.fetchrow(WAL)
         sample.wal_bytes, sample.checkpoints = lsn1 - lsn0, checkpoints1 - checkpoints0
         return sample
-
-    async def _wal(self) -> tuple[int, int]:
-        row = await self.admin.fetchrow(
-            "SELECT pg_current_wal_lsn() AS lsn, "
-            "checkpoints_timed + checkpoints_req AS checkpoints FROM pg_stat_bgwriter"
-        )
-        return row["lsn"], row["checkpoints"]
 
     def write(self, key: str, seconds: float) -> Callable[[], Awaitable[int]]:
         """Phase `key` for `seconds`: raw INSERTs (a, r) or appends (b, p, c)."""
@@ -210,36 +183,26 @@ class Workloads:
         return n
 
     async def _appends(self, deadline: float, offset: int, own_connection: bool) -> int:
-        """`EventStore.append` of one event to a new stream (NO_STREAM), through the pool or
-        with a connection held by the writer (as the raw baseline has)."""
-        if not own_connection:
-            return await self._append_until(deadline, offset, None)
-        async with self.pool.acquire() as connection:
-            return await self._append_until(deadline, offset, connection)
-
-    async def _append_until(
-        self, deadline: float, offset: int, connection: asyncpg.Connection | None
-    ) -> int:
+        """Appends of one event to a new stream, through the pool or on a connection held by the
+        writer (as the raw baseline has)."""
         payloads, count, store, n = self.payloads, len(self.payloads), self.store, 0
-        while time.perf_counter() < deadline:
-            data, metadata = payloads[(offset + n) % count]
-            await store.append(
-                f"bench-{uuid.uuid4()}",
-                [NewEvent(uuid.uuid4(), "PriceMarked", data, metadata)],
-                expected_version=ExpectedVersion.NO_STREAM,
-                connection=connection,
-            )
-            n += 1
+        async with self.pool.acquire() if own_connection else nullcontext() as connection:
+            while time.perf_counter() < deadline:
+                data, metadata = payloads[(offset + n) % count]
+                await store.append(
+                    f"bench-{uuid.uuid4()}",
+                    [NewEvent(uuid.uuid4(), "PriceMarked", data, metadata)],
+                    expected_version=ExpectedVersion.NO_STREAM,
+                    connection=connection,
+                )
+                n += 1
         return n
 
     def read(self, key: str) -> Callable[[], Awaitable[int]]:
         return self.read_store if key == "ds" else self.read_raw
 
     async def read_store(self) -> int:
-        n = 0
-        async for batch in self.store.read_all(batch_size=BATCH):
-            n += len(batch)
-        return n
+        return sum([len(batch) async for batch in self.store.read_all(batch_size=BATCH)])
 
     async def read_raw(self) -> int:
         n, last = 0, 0
@@ -319,7 +282,8 @@ def report(args: argparse.Namespace, measured: tuple, rounds: int, started: floa
         return harness.median(figure(s) for s in samples[key])
 
     def wal(key: str) -> str:
-        return "-" if key in READS else f"{med(key, lambda s: s.wal_per_event):,.0f}"
+        per_event = med(key, lambda s: s.handled and s.wal_bytes / s.handled)
+        return "-" if key in READS else f"{per_event:,.0f}"
 
     harness.print_columns(
         f"Medians of {rounds} round(s). CPU per event in microseconds: client = this Python "

@@ -332,20 +332,15 @@ def open_fds(pid: int) -> tuple[int | None, int | None]:
     return len(names), sockets
 
 
-def load_average() -> tuple[float, float, float] | None:
-    """The machine's 1, 5 and 15 minute load averages, from /proc/loadavg."""
-    try:
-        with open("/proc/loadavg") as loadavg:
-            one, five, fifteen = (float(v) for v in loadavg.read().split()[:3])
-    except (OSError, ValueError):
-        return None
-    return one, five, fifteen
+def load_average() -> tuple[float, float, float]:
+    """The machine's 1, 5 and 15 minute load averages."""
+    return os.getloadavg()
 
 
 async def wait_quiet(limit: float, patience: float) -> None:
     """Wait (up to `patience` seconds) until the 1-minute load average is below `limit`."""
     deadline = time.monotonic() + patience
-    while (load := load_average()) is not None and load[0] >= limit:
+    while (load := load_average())[0] >= limit:
         if time.monotonic() >= deadline:
             print(f"load average {load}: still above {limit} after waiting; starting anyway")
             return
