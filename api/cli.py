@@ -99,12 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         if arguments.production:
             return _serve_production(settings)
         return _serve_development(settings)
-    except (ConfigError, MigrationError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except LogClockAhead as error:
-        repair = "run `python -m api reclock` once, then start again"
-        print(f"error: {error}; {repair}", file=sys.stderr)
+    except (ConfigError, MigrationError, LogClockAhead) as error:
+        repair = "; run `python -m api reclock` once, then start again"
+        hint = repair if isinstance(error, LogClockAhead) else ""
+        print(f"error: {error}{hint}", file=sys.stderr)
         return 2
 
 

@@ -13,7 +13,6 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
@@ -23,13 +22,13 @@ import pytest
 from api.auth import Role
 from api.database import apply_migrations, ensure_database
 from commands import PositionHandlers
-from domain.commands import OpenPosition
 from domain.position import decide
 from domain.streams import position_stream
 from eventstore import EventStore, NewEvent, create_pool
 from projections.positions import project_positions
 
 from .api.conftest import SECRET, token
+from .domain.given import open_position
 from .projections.test_rebuild import AT, random_workload
 from .test_service import free_port, run_cli, service_env, start_service
 
@@ -85,15 +84,7 @@ async def _history(dsn: str) -> uuid.UUID:
         async with pool.acquire() as connection, connection.transaction():
             await connection.execute("SELECT pg_current_xact_id()")  # its id is taken now
             await random_workload(PositionHandlers(store), seed=11, steps=40)
-            opened = OpenPosition(
-                at=AT,
-                position_id=early,
-                owner="ann",
-                symbol="RSTR",
-                side="long",
-                quantity=Decimal(5),
-                entry_price=Decimal(100),
-            )
+            opened = open_position(position_id=early, owner="ann", symbol="RSTR", at=AT)
             events = [
                 NewEvent(uuid.uuid4(), type(e).__name__, e, {"actor": "ann"}, e.SCHEMA_VERSION)
                 for e in decide(opened, None)
